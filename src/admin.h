@@ -1,0 +1,21 @@
+/*
+ * admin.h: the admin listener's handler: /healthz (the process answers),
+ * /readyz (it should be sent traffic) and /metrics (Prometheus text).
+ * The admin listener binds to loopback unless told otherwise.
+ */
+#ifndef STPROXY_ADMIN_H
+#define STPROXY_ADMIN_H
+
+#include <stdbool.h>
+
+struct evhttp_request;
+struct admin;
+
+struct admin *admin_new(void);
+void admin_free(struct admin *adm);
+/* Marks the process as draining: /readyz answers 503 from then on. */
+void admin_set_draining(struct admin *adm);
+/* The admin listener's handler (server_handler_fn). */
+void admin_handle(struct evhttp_request *req, void *arg);
+
+#endif

@@ -1,0 +1,477 @@
+/*
+ * config.c: owns the option table and turns a config file and the
+ * environment into a struct config. Precedence: built-in default, then the
+ * file given with -c, then STPROXY_<NAME> in the environment. Every error
+ * names the setting, where it came from (file and line, or the environment
+ * variable) and why it was refused, and stops start-up.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "config.h"
+#include "credential.h"
+#include "mem.h"
+
+#define OPT(n, t, field, d, reload, secret, doc)                                                  \
+    {n, t, offsetof(struct config, field), d, reload, secret, doc}
+
+/* The one option table. Keep conf/stproxy.conf and README.md in step with it
+ * (tests/unit/test_config.c fails when a key is missing from either). */
+static const struct option_def options[] = {
+    OPT("listen", OPT_ADDR, listen, "127.0.0.1:8080", false, false,
+        "client listener host:port"),
+    OPT("admin_listen", OPT_ADDR, admin_listen, "127.0.0.1:9090", false, false,
+        "admin listener (health, metrics) host:port; keep it on loopback"),
+    OPT("upstream", OPT_ORIGIN, upstream, "https://api.smartthings.com", false, false,
+        "upstream origin; TLS verification is always on"),
+    OPT("upstream_ca", OPT_PATH, upstream_ca, NULL, false, false,
+        "CA bundle that verifies the upstream (default: the system store)"),
+    OPT("token", OPT_STRING, token, NULL, false, true,
+        "shared upstream credential; set = shared mode"),
+    OPT("token_file", OPT_PATH, token_file, NULL, false, false,
+        "file holding the shared credential (Docker secrets)"),
+    OPT("client_keys", OPT_CLIENT_KEYS, client_keys, NULL, true, true,
+        "name:key,name:key local keys that map to the shared credential"),
+    OPT("log_level", OPT_LOG_LEVEL, log_level, "info", true, false,
+        "error, warn, info or debug"),
+    OPT("max_connections", OPT_COUNT, max_connections, "1024", false, false,
+        "client connections open at once; further ones are refused"),
+    OPT("max_header_size", OPT_SIZE, max_header_size, "16k", false, false,
+        "largest request line plus headers a client may send"),
+    OPT("max_body_size", OPT_SIZE, max_body_size, "1m", false, false,
+        "largest request body a client may send"),
+    OPT("client_timeout", OPT_DURATION, client_timeout_ms, "60s", false, false,
+        "a client connection idle or stalled this long is closed"),
+    OPT("upstream_connections", OPT_COUNT, upstream_connections, "16", false, false,
+        "keep-alive TLS connections to the upstream at most"),
+    OPT("upstream_connect_timeout", OPT_DURATION, upstream_connect_timeout_ms, "5s", false,
+        false, "TCP connect plus TLS handshake to the upstream"),
+    OPT("upstream_timeout", OPT_DURATION, upstream_timeout_ms, "8s", false, false,
+        "whole upstream answer after the request is sent; then 504"),
+    OPT("upstream_max_body_size", OPT_SIZE, upstream_max_body_size, "16m", false, false,
+        "largest upstream answer body; larger gives 502"),
+};
+
+#define OPTION_COUNT (sizeof(options) / sizeof(options[0]))
+
+const struct option_def *config_options(size_t *count)
+{
+    *count = OPTION_COUNT;
+    return options;
+}
+
+void config_init(struct config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+void config_free(struct config *cfg)
+{
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        enum option_type t = options[i].type;
+        if (t == OPT_STRING || t == OPT_PATH || t == OPT_ADDR || t == OPT_ORIGIN ||
+            t == OPT_CLIENT_KEYS) {
+            char **slot = (char **)((char *)cfg + options[i].offset);
+            if (options[i].secret && *slot != NULL)
+                memset(*slot, 0, strlen(*slot));
+            xfree(*slot);
+        }
+    }
+}
+
+bool config_parse_hostport(const char *text, char **host, int *port)
+{
+    const char *colon;
+    char *end;
+    long p;
+
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (close == NULL || close[1] != ':' || close == text + 1)
+            return false;
+        *host = xstrndup(text + 1, (size_t)(close - text - 1));
+        colon = close + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (colon == NULL || colon == text || memchr(text, ':', (size_t)(colon - text)))
+            return false;
+        *host = xstrndup(text, (size_t)(colon - text));
+    }
+    errno = 0;
+    p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 0 || p > 65535) {
+        xfree(*host);
+        return false;
+    }
+    *port = (int)p;
+    return true;
+}
+
+bool config_parse_origin(const char *text, char **host, int *port)
+{
+    static const char scheme[] = "https://";
+    const char *authority = text + sizeof(scheme) - 1;
+    size_t len;
+    char *copy;
+    bool ok;
+
+    if (strncasecmp(text, scheme, sizeof(scheme) - 1) != 0)
+        return false;
+    len = strlen(authority);
+    if (len > 0 && authority[len - 1] == '/')
+        len--;
+    if (len == 0 || memchr(authority, '/', len) || memchr(authority, '@', len) ||
+        memchr(authority, '?', len) || memchr(authority, '#', len))
+        return false;
+    copy = xstrndup(authority, len);
+    if (strchr(copy, ']') != NULL || strchr(copy, ':') != NULL) {
+        if (copy[0] == '[' && copy[len - 1] == ']') {
+            /* bracketed IPv6 without a port */
+            *host = xstrndup(copy + 1, len - 2);
+            *port = 443;
+            ok = true;
+        } else {
+            ok = config_parse_hostport(copy, host, port) && *port > 0;
+        }
+    } else {
+        *host = xstrdup(copy);
+        *port = 443;
+        ok = true;
+    }
+    free(copy);
+    return ok;
+}
+
+/* Parses "<n>[k|m|g]" into bytes. */
+static bool parse_size(const char *text, long *out)
+{
+    char *end;
+    long long v, mult = 1;
+
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (end == text || errno != 0 || v <= 0)
+        return false;
+    switch (tolower((unsigned char)*end)) {
+    case '\0':
+        break;
+    case 'k':
+        mult = 1024;
+        end++;
+        break;
+    case 'm':
+        mult = 1024 * 1024;
+        end++;
+        break;
+    case 'g':
+        mult = 1024LL * 1024 * 1024;
+        end++;
+        break;
+    default:
+        return false;
+    }
+    if (*end == 'b' || *end == 'B')
+        end++;
+    if (*end != '\0' || v > LONG_MAX / mult)
+        return false;
+    *out = (long)(v * mult);
+    return true;
+}
+
+/* Parses "<n>ms", "<n>s", "<n>m" or a bare number of seconds into ms. */
+static bool parse_duration(const char *text, long *out)
+{
+    char *end;
+    long long v, mult;
+
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (end == text || errno != 0 || v <= 0)
+        return false;
+    if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "s") == 0 || *end == '\0')
+        mult = 1000;
+    else if (strcmp(end, "m") == 0)
+        mult = 60000;
+    else
+        return false;
+    if (v > LONG_MAX / mult)
+        return false;
+    *out = (long)(v * mult);
+    return true;
+}
+
+/* Sets one option from text. On failure writes the reason into err. */
+static bool option_set(struct config *cfg, const struct option_def *opt, const char *value,
+                       char *err, size_t errlen)
+{
+    void *slot = (char *)cfg + opt->offset;
+    char *host = NULL;
+    int port;
+    char *end;
+    long n;
+
+    switch (opt->type) {
+    case OPT_STRING:
+    case OPT_PATH:
+        if (value[0] == '\0') {
+            snprintf(err, errlen, "empty value");
+            return false;
+        }
+        break;
+    case OPT_ADDR:
+        if (!config_parse_hostport(value, &host, &port) || host[0] == '\0') {
+            free(host);
+            snprintf(err, errlen, "invalid address \"%s\" (expected host:port)", value);
+            return false;
+        }
+        free(host);
+        break;
+    case OPT_ORIGIN:
+        if (!config_parse_origin(value, &host, &port) || host[0] == '\0') {
+            free(host);
+            snprintf(err, errlen, "invalid origin \"%s\" (expected https://host[:port])",
+                     value);
+            return false;
+        }
+        free(host);
+        break;
+    case OPT_COUNT:
+        errno = 0;
+        n = strtol(value, &end, 10);
+        if (end == value || *end != '\0' || errno != 0 || n <= 0 || n > INT_MAX) {
+            snprintf(err, errlen, "invalid count \"%s\" (expected a positive integer)", value);
+            return false;
+        }
+        *(long *)slot = n;
+        return true;
+    case OPT_SIZE:
+        if (!parse_size(value, (long *)slot)) {
+            snprintf(err, errlen, "invalid size \"%s\" (expected bytes, e.g. 16k or 1m)", value);
+            return false;
+        }
+        return true;
+    case OPT_DURATION:
+        if (!parse_duration(value, (long *)slot)) {
+            snprintf(err, errlen, "invalid duration \"%s\" (expected e.g. 500ms, 8s or 2m)",
+                     value);
+            return false;
+        }
+        return true;
+    case OPT_LOG_LEVEL:
+        if (!log_level_parse(value, (enum log_level *)slot)) {
+            snprintf(err, errlen, "invalid level \"%s\" (expected error, warn, info or debug)",
+                     value);
+            return false;
+        }
+        return true;
+    case OPT_CLIENT_KEYS:
+        if (!credential_keys_valid(value, err, errlen))
+            return false;
+        break;
+    }
+    free(*(char **)slot);
+    *(char **)slot = xstrdup(value);
+    return true;
+}
+
+static const struct option_def *option_find(const char *name)
+{
+    for (size_t i = 0; i < OPTION_COUNT; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* State of one file parse: inih calls our reader per line, so we count lines. */
+struct file_parse {
+    struct config *cfg;
+    FILE *fp;
+    const char *path;
+    int line;          /* line last read */
+    bool failed;       /* an error was recorded in err */
+    char *err;
+    size_t errlen;
+};
+
+static char *file_reader(char *buf, int size, void *stream)
+{
+    struct file_parse *fp = stream;
+    char *r = fgets(buf, size, fp->fp);
+    if (r != NULL)
+        fp->line++;
+    return r;
+}
+
+static int file_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct file_parse *fp = user;
+    const struct option_def *opt;
+    char reason[256];
+
+    if (fp->failed)
+        return 0;
+    if (section[0] != '\0') {
+        snprintf(fp->err, fp->errlen, "%s:%d: [%s]: sections are not used", fp->path, fp->line,
+                 section);
+        fp->failed = true;
+        return 0;
+    }
+    opt = option_find(name);
+    if (opt == NULL) {
+        snprintf(fp->err, fp->errlen, "%s:%d: %s: unknown setting", fp->path, fp->line, name);
+        fp->failed = true;
+        return 0;
+    }
+    if (!option_set(fp->cfg, opt, value, reason, sizeof(reason))) {
+        snprintf(fp->err, fp->errlen, "%s:%d: %s: %s", fp->path, fp->line, name, reason);
+        fp->failed = true;
+        return 0;
+    }
+    return 1;
+}
+
+static bool load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct file_parse fp = {.cfg = cfg, .path = path, .err = err, .errlen = errlen};
+    int rc;
+
+    fp.fp = fopen(path, "r");
+    if (fp.fp == NULL) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return false;
+    }
+    rc = ini_parse_stream(file_reader, &fp, file_handler, &fp);
+    fclose(fp.fp);
+    if (fp.failed)
+        return false;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s:%d: syntax error (expected key = value)", path, rc);
+        return false;
+    }
+    return true;
+}
+
+static void env_name(const char *name, char *out, size_t outlen)
+{
+    size_t i, n = (size_t)snprintf(out, outlen, "STPROXY_");
+    for (i = 0; name[i] != '\0' && n + 1 < outlen; i++)
+        out[n++] = (char)toupper((unsigned char)name[i]);
+    out[n] = '\0';
+}
+
+static bool load_environment(struct config *cfg, char *err, size_t errlen)
+{
+    char env[64], reason[256];
+    extern char **environ;
+
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        const char *value;
+        env_name(options[i].name, env, sizeof(env));
+        value = getenv(env);
+        if (value == NULL)
+            continue;
+        if (!option_set(cfg, &options[i], value, reason, sizeof(reason))) {
+            snprintf(err, errlen, "environment %s: %s", env, reason);
+            return false;
+        }
+    }
+    /* A misspelt variable would otherwise be ignored silently. */
+    for (char **e = environ; *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        bool known = false;
+        if (strncmp(*e, "STPROXY_", 8) != 0 || eq == NULL)
+            continue;
+        for (size_t i = 0; i < OPTION_COUNT && !known; i++) {
+            env_name(options[i].name, env, sizeof(env));
+            known = strlen(env) == (size_t)(eq - *e) && strncmp(env, *e, (size_t)(eq - *e)) == 0;
+        }
+        if (!known)
+            log_warn("config: ignoring unknown environment variable %.*s", (int)(eq - *e), *e);
+    }
+    return true;
+}
+
+/* Reads the token file into cfg->token, trimming the trailing newline that
+ * `echo tok > file` and most secret stores add. */
+static bool load_token_file(struct config *cfg, char *err, size_t errlen)
+{
+    char buf[8192];
+    size_t n;
+    FILE *f = fopen(cfg->token_file, "r");
+
+    if (f == NULL) {
+        snprintf(err, errlen, "token_file: cannot open %s: %s", cfg->token_file, strerror(errno));
+        return false;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    while (n > 0 && isspace((unsigned char)buf[n - 1]))
+        n--;
+    buf[n] = '\0';
+    if (n == 0 || strpbrk(buf, " \t\r\n") != NULL) {
+        memset(buf, 0, sizeof(buf));
+        snprintf(err, errlen, "token_file: %s must hold one token on one line", cfg->token_file);
+        return false;
+    }
+    cfg->token = xstrdup(buf);
+    memset(buf, 0, sizeof(buf));
+    return true;
+}
+
+/* Checks that settings agree with each other. */
+static bool config_check(struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->token != NULL && cfg->token_file != NULL) {
+        snprintf(err, errlen, "token, token_file: set one or the other, not both");
+        return false;
+    }
+    if (cfg->token_file != NULL && !load_token_file(cfg, err, errlen))
+        return false;
+    if (cfg->token != NULL && cfg->client_keys == NULL) {
+        snprintf(err, errlen, "client_keys: a shared credential is configured but no client "
+                              "keys; clients could not use it");
+        return false;
+    }
+    if (cfg->token == NULL && cfg->client_keys != NULL) {
+        snprintf(err, errlen, "client_keys: set, but no shared credential (token or "
+                              "token_file) for them to map to");
+        return false;
+    }
+    if (cfg->upstream_ca != NULL && access(cfg->upstream_ca, R_OK) != 0) {
+        snprintf(err, errlen, "upstream_ca: cannot read %s: %s", cfg->upstream_ca,
+                 strerror(errno));
+        return false;
+    }
+    if (cfg->upstream_timeout_ms >= 10000)
+        log_warn("config: upstream_timeout is %ld ms: common clients give up after 10 s",
+                 cfg->upstream_timeout_ms);
+    return true;
+}
+
+bool config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    char reason[256];
+
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        if (options[i].def == NULL)
+            continue;
+        if (!option_set(cfg, &options[i], options[i].def, reason, sizeof(reason))) {
+            snprintf(err, errlen, "default of %s: %s", options[i].name, reason);
+            return false;
+        }
+    }
+    if (path != NULL && !load_file(cfg, path, err, errlen))
+        return false;
+    if (!load_environment(cfg, err, errlen))
+        return false;
+    return config_check(cfg, err, errlen);
+}

@@ -1,0 +1,237 @@
+/*
+ * credential.c: client keys, the shared credential and the mapping from a
+ * request's Authorization header to the token that goes upstream. Keys are
+ * compared by hash in constant time, visiting every key, so neither timing
+ * nor the key's length tells an attacker how close a guess was.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include "config.h"
+#include "credential.h"
+#include "mem.h"
+
+static const char pass_through_name[] = "pass-through";
+
+void credential_hash_hex(const char *token, size_t len, char out[CREDENTIAL_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[SHA256_DIGEST_LENGTH];
+
+    SHA256((const unsigned char *)token, len, md);
+    for (size_t i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[CREDENTIAL_ID_LEN] = '\0';
+}
+
+static bool name_char_ok(int c)
+{
+    return isalnum(c) || c == '-' || c == '_' || c == '.';
+}
+
+/* Calls fn for each "name:key" pair of spec; stops at the first false. */
+typedef bool (*pair_fn)(const char *name, size_t name_len, const char *key, size_t key_len,
+                        void *arg);
+
+static bool for_each_pair(const char *spec, pair_fn fn, void *arg)
+{
+    const char *p = spec;
+    while (*p != '\0') {
+        const char *end = strchr(p, ',');
+        const char *colon;
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+
+        colon = memchr(p, ':', len);
+        if (!fn(p, colon ? (size_t)(colon - p) : len, colon ? colon + 1 : NULL,
+                colon ? len - (size_t)(colon - p) - 1 : 0, arg))
+            return false;
+        if (end == NULL)
+            break;
+        p = end + 1;
+    }
+    return true;
+}
+
+/* Accumulates what the syntax check needs to report duplicates. */
+struct keys_check {
+    char *err;
+    size_t errlen;
+    size_t count;
+    char names[64][64];
+    unsigned char hashes[64][SHA256_DIGEST_LENGTH];
+};
+
+static bool check_pair(const char *name, size_t name_len, const char *key, size_t key_len,
+                       void *arg)
+{
+    struct keys_check *kc = arg;
+
+    if (name_len == 0 || key == NULL || key_len == 0) {
+        snprintf(kc->err, kc->errlen, "expected name:key pairs separated by commas");
+        return false;
+    }
+    if (name_len >= sizeof(kc->names[0])) {
+        snprintf(kc->err, kc->errlen, "client name longer than %zu characters",
+                 sizeof(kc->names[0]) - 1);
+        return false;
+    }
+    for (size_t i = 0; i < name_len; i++) {
+        if (!name_char_ok((unsigned char)name[i])) {
+            snprintf(kc->err, kc->errlen,
+                     "client name \"%.*s\" may hold only letters, digits, '-', '_' and '.'",
+                     (int)name_len, name);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < key_len; i++) {
+        if (isspace((unsigned char)key[i]) || !isprint((unsigned char)key[i])) {
+            /* The key is secret: name the client, never echo the key. */
+            snprintf(kc->err, kc->errlen, "the key of client \"%.*s\" holds a blank or control "
+                     "character", (int)name_len, name);
+            return false;
+        }
+    }
+    if (kc->count == sizeof(kc->names) / sizeof(kc->names[0])) {
+        snprintf(kc->err, kc->errlen, "more than %zu client keys",
+                 sizeof(kc->names) / sizeof(kc->names[0]));
+        return false;
+    }
+    memcpy(kc->names[kc->count], name, name_len);
+    kc->names[kc->count][name_len] = '\0';
+    SHA256((const unsigned char *)key, key_len, kc->hashes[kc->count]);
+    for (size_t i = 0; i < kc->count; i++) {
+        if (strcmp(kc->names[i], kc->names[kc->count]) == 0) {
+            snprintf(kc->err, kc->errlen, "client name \"%s\" appears twice", kc->names[i]);
+            return false;
+        }
+        if (memcmp(kc->hashes[i], kc->hashes[kc->count], SHA256_DIGEST_LENGTH) == 0) {
+            snprintf(kc->err, kc->errlen, "clients \"%s\" and \"%s\" have the same key",
+                     kc->names[i], kc->names[kc->count]);
+            return false;
+        }
+    }
+    kc->count++;
+    return true;
+}
+
+bool credential_keys_valid(const char *spec, char *err, size_t errlen)
+{
+    struct keys_check *kc = xcalloc(1, sizeof(*kc));
+    bool ok;
+
+    kc->err = err;
+    kc->errlen = errlen;
+    ok = for_each_pair(spec, check_pair, kc);
+    if (ok && kc->count == 0) {
+        snprintf(err, errlen, "no client keys given");
+        ok = false;
+    }
+    OPENSSL_cleanse(kc, sizeof(*kc));
+    free(kc);
+    return ok;
+}
+
+static bool add_pair(const char *name, size_t name_len, const char *key, size_t key_len,
+                     void *arg)
+{
+    struct credential_store *store = arg;
+    struct client_key *ck;
+
+    store->keys = xrealloc(store->keys, (store->nkeys + 1) * sizeof(*store->keys));
+    ck = &store->keys[store->nkeys++];
+    ck->name = xstrndup(name, name_len);
+    SHA256((const unsigned char *)key, key_len, ck->key_hash);
+    return true;
+}
+
+bool credential_store_init(struct credential_store *store, const struct config *cfg, char *err,
+                           size_t errlen)
+{
+    memset(store, 0, sizeof(*store));
+    if (cfg->token == NULL) {
+        store->mode = CREDENTIAL_PASS_THROUGH;
+        return true;
+    }
+    if (cfg->client_keys == NULL || !credential_keys_valid(cfg->client_keys, err, errlen))
+        return false;
+    store->mode = CREDENTIAL_SHARED;
+    store->shared_token = xstrdup(cfg->token);
+    credential_hash_hex(store->shared_token, strlen(store->shared_token), store->shared_id);
+    if (!for_each_pair(cfg->client_keys, add_pair, store))
+        return false;
+    return true;
+}
+
+void credential_store_free(struct credential_store *store)
+{
+    if (store->shared_token != NULL) {
+        OPENSSL_cleanse(store->shared_token, strlen(store->shared_token));
+        xfree(store->shared_token);
+    }
+    for (size_t i = 0; i < store->nkeys; i++)
+        free(store->keys[i].name);
+    xfree(store->keys);
+    store->nkeys = 0;
+}
+
+/* Finds the token in "Bearer <token>"; false when the header has another shape. */
+static bool bearer_token(const char *authorization, const char **token, size_t *len)
+{
+    const char *p, *end;
+
+    if (authorization == NULL || strncasecmp(authorization, "Bearer", 6) != 0 ||
+        (authorization[6] != ' ' && authorization[6] != '\t'))
+        return false;
+    p = authorization + 6;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    end = p + strlen(p);
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    if (end == p)
+        return false;
+    *token = p;
+    *len = (size_t)(end - p);
+    return true;
+}
+
+enum credential_status credential_resolve(const struct credential_store *store,
+                                          const char *authorization, struct credential_ref *out)
+{
+    unsigned char presented[SHA256_DIGEST_LENGTH];
+    const struct client_key *match = NULL;
+    const char *token;
+    size_t len;
+
+    memset(out, 0, sizeof(*out));
+    if (!bearer_token(authorization, &token, &len))
+        return CREDENTIAL_MISSING;
+    if (store->mode == CREDENTIAL_PASS_THROUGH) {
+        out->client = pass_through_name;
+        out->token = token;
+        out->token_len = len;
+        credential_hash_hex(token, len, out->id);
+        return CREDENTIAL_OK;
+    }
+    SHA256((const unsigned char *)token, len, presented);
+    /* Visit every key so the time taken does not depend on which one matched. */
+    for (size_t i = 0; i < store->nkeys; i++) {
+        if (CRYPTO_memcmp(presented, store->keys[i].key_hash, SHA256_DIGEST_LENGTH) == 0)
+            match = &store->keys[i];
+    }
+    OPENSSL_cleanse(presented, sizeof(presented));
+    if (match == NULL)
+        return CREDENTIAL_UNKNOWN_KEY;
+    out->client = match->name;
+    out->token = store->shared_token;
+    out->token_len = strlen(store->shared_token);
+    memcpy(out->id, store->shared_id, sizeof(out->id));
+    return CREDENTIAL_OK;
+}

@@ -1,0 +1,34 @@
+/*
+ * forward.h: the request path of the client listener. One client request
+ * becomes one proxy_request: its target is checked and classified (route),
+ * its credential resolved (credential), it is sent upstream (upstream), and
+ * the answer is edited (rewrite) and returned with an access log line.
+ */
+#ifndef STPROXY_FORWARD_H
+#define STPROXY_FORWARD_H
+
+#include <stdbool.h>
+
+struct event_base;
+struct evhttp_request;
+struct upstream_pool;
+struct credential_store;
+struct forward;
+
+/* Settings the request path needs, copied at creation. */
+struct forward_settings {
+    const char *upstream_origin;  /* canonical "https://host[:port]" */
+    const char *listen_address;   /* used for links when a client sends no Host */
+};
+
+struct forward *forward_new(const struct forward_settings *settings, struct upstream_pool *pool,
+                            const struct credential_store *credentials);
+void forward_free(struct forward *fwd);
+
+/* The client listener's handler (server_handler_fn). */
+void forward_handle(struct evhttp_request *req, void *arg);
+
+/* Client requests accepted and not yet answered. */
+int forward_in_flight(const struct forward *fwd);
+
+#endif

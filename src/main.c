@@ -1,0 +1,296 @@
+/*
+ * main.c: the command line and the start-up order of one stproxy process:
+ * options -> config -> credentials -> TLS -> event base -> upstream pool ->
+ * listeners -> signals -> "up" log line -> event loop -> drain -> exit.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <openssl/ssl.h>
+
+#include "admin.h"
+#include "config.h"
+#include "credential.h"
+#include "forward.h"
+#include "janitor.h"
+#include "log.h"
+#include "server.h"
+#include "tls.h"
+#include "upstream.h"
+#include "version.h"
+
+#define DRAIN_DEADLINE_MS 10000 /* longest SIGTERM waits for in-flight requests */
+#define DRAIN_POLL_MS 20
+#define JANITOR_INTERVAL_MS 100
+
+/* Everything main() sets up, so that signal callbacks can reach it. */
+struct process {
+    struct config cfg;
+    struct credential_store credentials;
+    SSL_CTX *tls;
+    struct event_base *base;
+    struct upstream_pool *pool;
+    struct forward *fwd;
+    struct admin *admin;
+    struct server *client;
+    struct server *admin_server;
+    struct event *sigterm, *sigint, *sighup;
+    struct janitor *janitor;
+    struct event *drain_timer;
+    int drain_polls;
+};
+
+static void usage(FILE *out)
+{
+    size_t n;
+    const struct option_def *opts = config_options(&n);
+
+    fprintf(out, "usage: stproxy [-c FILE] [-t] [-V] [-h]\n"
+                 "  -c FILE  read settings from FILE (key = value lines)\n"
+                 "  -t       check the configuration and exit (0 valid, 1 not)\n"
+                 "  -V       print the version and the library versions\n"
+                 "  -h       this help\n\n"
+                 "Settings (file key / environment variable, default):\n");
+    for (size_t i = 0; i < n; i++) {
+        char env[64];
+        size_t k = (size_t)snprintf(env, sizeof(env), "STPROXY_");
+        for (const char *p = opts[i].name; *p && k + 1 < sizeof(env); p++)
+            env[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+        env[k] = '\0';
+        fprintf(out, "  %-26s %-34s %s\n      %s\n", opts[i].name, env,
+                opts[i].def ? opts[i].def : "(unset)", opts[i].doc);
+    }
+}
+
+static void print_versions(void)
+{
+    printf("stproxy %s\n", STPROXY_VERSION);
+    printf("libevent %s\n", event_get_version());
+    printf("%s\n", tls_library_version());
+    printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+}
+
+static void sweep_listeners(uint64_t now_ms, void *arg)
+{
+    struct process *p = arg;
+    (void)now_ms;
+    server_sweep(p->client);
+    server_sweep(p->admin_server);
+}
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct process *p = arg;
+    struct timeval tv = {0, DRAIN_POLL_MS * 1000};
+    int left = forward_in_flight(p->fwd);
+    (void)fd;
+    (void)what;
+
+    if (left == 0 || ++p->drain_polls * DRAIN_POLL_MS >= DRAIN_DEADLINE_MS) {
+        if (left > 0)
+            log_warn("drain: %d requests still in flight after %d ms; exiting anyway", left,
+                     DRAIN_DEADLINE_MS);
+        event_base_loopexit(p->base, NULL);
+        return;
+    }
+    evtimer_add(p->drain_timer, &tv);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct process *p = arg;
+    (void)what;
+
+    if (p->drain_timer != NULL)
+        return; /* already draining */
+    log_info("signal %d: no longer accepting connections; draining %d in-flight requests",
+             (int)sig, forward_in_flight(p->fwd));
+    server_stop_accepting(p->client);
+    admin_set_draining(p->admin);
+    p->drain_timer = evtimer_new(p->base, drain_check, p);
+    drain_check(-1, 0, p);
+}
+
+static void on_hangup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    log_warn("SIGHUP: reloading settings is not supported by this version; restart to apply "
+             "changes");
+}
+
+/* Builds everything that serves traffic. */
+static bool process_start(struct process *p, char *err, size_t errlen)
+{
+    struct upstream_settings us;
+    struct forward_settings fs;
+    struct server_limits client_limits, admin_limits;
+    char *host = NULL;
+    int port;
+    bool ok;
+
+    p->base = event_base_new();
+    if (p->base == NULL) {
+        snprintf(err, errlen, "cannot create the event loop");
+        return false;
+    }
+    if (!config_parse_origin(p->cfg.upstream, &host, &port)) {
+        snprintf(err, errlen, "upstream: invalid origin");
+        return false;
+    }
+    memset(&us, 0, sizeof(us));
+    us.host = host;
+    us.port = port;
+    us.tls = p->tls;
+    us.max_connections = (int)p->cfg.upstream_connections;
+    us.connect_timeout_ms = p->cfg.upstream_connect_timeout_ms;
+    us.timeout_ms = p->cfg.upstream_timeout_ms;
+    us.max_body = (size_t)p->cfg.upstream_max_body_size;
+    p->pool = upstream_pool_new(p->base, &us);
+
+    /* Links are matched against the canonical origin: no trailing slash,
+     * no default port. */
+    {
+        char origin[300];
+        if (port == 443)
+            snprintf(origin, sizeof(origin), "https://%s", host);
+        else if (strchr(host, ':') != NULL)
+            snprintf(origin, sizeof(origin), "https://[%s]:%d", host, port);
+        else
+            snprintf(origin, sizeof(origin), "https://%s:%d", host, port);
+        fs.upstream_origin = origin;
+        fs.listen_address = p->cfg.listen;
+        p->fwd = forward_new(&fs, p->pool, &p->credentials);
+    }
+    free(host);
+
+    client_limits.max_connections = p->cfg.max_connections;
+    client_limits.max_header_size = p->cfg.max_header_size;
+    client_limits.max_body_size = p->cfg.max_body_size;
+    client_limits.timeout_ms = p->cfg.client_timeout_ms;
+    client_limits.count_metrics = true;
+    p->client = server_new(p->base, "client", p->cfg.listen, &client_limits, forward_handle,
+                           p->fwd, err, errlen);
+    if (p->client == NULL)
+        return false;
+
+    admin_limits.max_connections = 64;
+    admin_limits.max_header_size = 8192;
+    admin_limits.max_body_size = 4096;
+    admin_limits.timeout_ms = 10000;
+    admin_limits.count_metrics = false;
+    p->admin = admin_new();
+    p->admin_server = server_new(p->base, "admin", p->cfg.admin_listen, &admin_limits,
+                                 admin_handle, p->admin, err, errlen);
+    ok = p->admin_server != NULL;
+    return ok;
+}
+
+static void process_stop(struct process *p)
+{
+    janitor_free(p->janitor);
+    server_free(p->client);
+    server_free(p->admin_server);
+    if (p->pool != NULL)
+        upstream_pool_free(p->pool);
+    forward_free(p->fwd);
+    admin_free(p->admin);
+    if (p->sigterm != NULL) {
+        event_free(p->sigterm);
+        event_free(p->sigint);
+        event_free(p->sighup);
+    }
+    if (p->drain_timer != NULL)
+        event_free(p->drain_timer);
+    if (p->base != NULL)
+        event_base_free(p->base);
+    if (p->tls != NULL)
+        SSL_CTX_free(p->tls);
+    credential_store_free(&p->credentials);
+    config_free(&p->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    struct process p;
+    const char *config_path = NULL;
+    bool check_only = false;
+    char err[512];
+    int c;
+
+    memset(&p, 0, sizeof(p));
+    while ((c = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'V':
+            print_versions();
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "stproxy: unexpected argument %s\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    config_init(&p.cfg);
+    if (!config_load(&p.cfg, config_path, err, sizeof(err)) ||
+        !credential_store_init(&p.credentials, &p.cfg, err, sizeof(err)) ||
+        (p.tls = tls_client_ctx_new(p.cfg.upstream_ca, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "stproxy: configuration error: %s\n", err);
+        process_stop(&p);
+        return 1;
+    }
+    if (check_only) {
+        printf("stproxy: configuration OK%s%s\n", config_path ? ": " : "",
+               config_path ? config_path : "");
+        process_stop(&p);
+        return 0;
+    }
+    log_set_level(p.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (!process_start(&p, err, sizeof(err))) {
+        log_error("cannot start: %s", err);
+        process_stop(&p);
+        return 1;
+    }
+    p.sigterm = evsignal_new(p.base, SIGTERM, on_stop_signal, &p);
+    p.sigint = evsignal_new(p.base, SIGINT, on_stop_signal, &p);
+    p.sighup = evsignal_new(p.base, SIGHUP, on_hangup, &p);
+    event_add(p.sigterm, NULL);
+    event_add(p.sigint, NULL);
+    event_add(p.sighup, NULL);
+    p.janitor = janitor_new(p.base, JANITOR_INTERVAL_MS);
+    janitor_add(p.janitor, sweep_listeners, &p);
+
+    log_info("stproxy %s up: listen=%s admin=%s upstream=%s mode=%s%s", STPROXY_VERSION,
+             server_address(p.client), server_address(p.admin_server), p.cfg.upstream,
+             p.credentials.mode == CREDENTIAL_SHARED ? "shared" : "pass-through",
+             p.credentials.mode == CREDENTIAL_SHARED ? " clients=" : "");
+    for (size_t i = 0; i < p.credentials.nkeys; i++)
+        log_info("client key configured for \"%s\"", p.credentials.keys[i].name);
+
+    event_base_dispatch(p.base);
+
+    log_info("stproxy stopped");
+    process_stop(&p);
+    return 0;
+}
