@@ -290,7 +290,7 @@ void forward_handle(struct evhttp_request *req, void *arg)
                   "This proxy forwards only SmartThings API requests");
         return;
     }
-    rs = route_parse(evhttp_request_get_uri(req), host, &pr->route);
+    rs = route_parse(evhttp_request_get_uri(req), fwd->listen_address, &pr->route);
     if (rs != ROUTE_OK) {
         metrics_inc(METRIC_TARGET_REFUSED);
         log_warn("refused target (%s) from a %s request", route_status_reason(rs), pr->method);

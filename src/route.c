@@ -201,23 +201,23 @@ static enum route_class classify(struct route *r)
     return ROUTE_OTHER;
 }
 
-/* Compares an absolute-form authority with the Host header, ignoring case. */
-static bool same_host(const struct evhttp_uri *uri, const char *host_header)
+/* Compares an absolute-form authority with the proxy's own, ignoring case. */
+static bool same_host(const struct evhttp_uri *uri, const char *self)
 {
     const char *h = evhttp_uri_get_host(uri);
     int port = evhttp_uri_get_port(uri);
     char authority[300];
 
-    if (h == NULL || host_header == NULL)
+    if (h == NULL || self == NULL)
         return false;
     if (port >= 0)
         evutil_snprintf(authority, sizeof(authority), "%s:%d", h, port);
     else
         evutil_snprintf(authority, sizeof(authority), "%s", h);
-    return strcasecmp(authority, host_header) == 0;
+    return strcasecmp(authority, self) == 0;
 }
 
-enum route_status route_parse(const char *target, const char *host, struct route *out)
+enum route_status route_parse(const char *target, const char *self, struct route *out)
 {
     const char *q;
     size_t path_len;
@@ -233,7 +233,7 @@ enum route_status route_parse(const char *target, const char *host, struct route
         if (uri == NULL || scheme == NULL ||
             (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0))
             st = ROUTE_BAD_TARGET;
-        else if (!same_host(uri, host) || evhttp_uri_get_userinfo(uri) != NULL)
+        else if (!same_host(uri, self) || evhttp_uri_get_userinfo(uri) != NULL)
             st = ROUTE_FOREIGN_HOST;
         if (st == ROUTE_OK) {
             /* Re-enter with the origin-form part. */
@@ -250,7 +250,7 @@ enum route_status route_parse(const char *target, const char *host, struct route
             evutil_snprintf(origin_form, need, "%s%s%s", path, query ? "?" : "",
                             query ? query : "");
             evhttp_uri_free(uri);
-            st = route_parse(origin_form, host, out);
+            st = route_parse(origin_form, self, out);
             free(origin_form);
             return st;
         }

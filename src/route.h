@@ -56,11 +56,12 @@ struct route {
 };
 
 /*
- * Parses target (the request-target as received). host is the request's Host
- * header (may be NULL); an absolute-form target is accepted only when it names
- * that same host, and then only its path and query are kept.
+ * Parses target (the request-target as received). self is the proxy's own
+ * listen address "host:port" (may be NULL); an absolute-form target is
+ * accepted only when its authority is exactly that, and then only its path
+ * and query are kept. The Host header plays no part: the client controls it.
  */
-enum route_status route_parse(const char *target, const char *host, struct route *out)
+enum route_status route_parse(const char *target, const char *self, struct route *out)
     __attribute__((warn_unused_result));
 void route_free(struct route *r);
 

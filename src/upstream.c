@@ -751,8 +751,17 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     case UCONN_CONNECTING: {
         unsigned long ssl_err = bufferevent_get_openssl_error(bev);
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        if (ssl_err != 0 || (ssl && SSL_get_verify_result(ssl) != X509_V_OK) ||
-            (what & BEV_EVENT_EOF)) {
+        log_debug("upstream: connect event 0x%x ssl_err=%lu lib=%d reason=%d errno=%d", what,
+                  ssl_err, ERR_GET_LIB(ssl_err), ERR_GET_REASON(ssl_err), saved_errno);
+        if (ssl_err != 0 && (ERR_GET_LIB(ssl_err) == ERR_LIB_SYS || ERR_GET_LIB(ssl_err) == 0)) {
+            /* A socket error (libevent reports it as SSL_ERROR_SYSCALL, or
+             * OpenSSL as a system error): not a TLS problem. */
+            if (ERR_GET_LIB(ssl_err) == ERR_LIB_SYS)
+                saved_errno = ERR_GET_REASON(ssl_err);
+            ssl_err = 0;
+        }
+        if (saved_errno == 0 && (ssl_err != 0 || (ssl && SSL_get_verify_result(ssl) != X509_V_OK) ||
+                                 (what & BEV_EVENT_EOF))) {
             tls_failure_reason(ssl, ssl_err, detail, sizeof(detail));
             while (bufferevent_get_openssl_error(bev) != 0)
                 ; /* drop the rest of the error queue */

@@ -1,0 +1,227 @@
+/*
+ * mock.h: the declarations shared by the parts of stmock, the mock SmartThings API that the
+ * integration tests and the benchmarks start as a fake https://api.smartthings.com.
+ *
+ * Where a request goes (one file per concern):
+ *   mock_main.c     options, TLS context, listeners, signals, start-up and shutdown, log and
+ *                   allocation helpers
+ *   mock_api.c      the TLS API port: bearer auth, routing, query parsing, pagination links,
+ *                   error bodies, the added latency
+ *   mock_command.c  parses POST /devices/{id}/commands bodies (the only jsmn user) and applies
+ *                   them to device state
+ *   mock_data.c     the deterministic per-token world (devices, locations, rooms, scenes, modes),
+ *                   the mutable device state, and the JSON rendering of all of it
+ *   mock_admin.c    the plain-HTTP admin port: counters, the last request, run-time config
+ *   mock_query.c    query-string parsing shared by both ports (decoded values, raw text)
+ *   mock_json.c     JSON string escaping used by everything that writes JSON
+ */
+#ifndef STMOCK_MOCK_H
+#define STMOCK_MOCK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#define MOCK_MUSTCHECK __attribute__((warn_unused_result))
+
+/* A UUID-shaped id is 36 characters; a "2025-01-01T00:00:00.000Z" timestamp is 24. */
+#define MOCK_ID_LEN 36
+#define MOCK_TS_LEN 24
+
+/* The shape of every token's world. The tests count on these numbers; change them here only. */
+#define MOCK_LOCATIONS 2 /* locations per token */
+#define MOCK_ROOMS     2 /* rooms per location */
+#define MOCK_SCENES    2 /* scenes per location */
+#define MOCK_MODES     3 /* modes per location (Home, Away, Night) */
+
+/* ---- mock_main.c: process-wide helpers ------------------------------------------------ */
+
+/* Logs one line to stderr with a time stamp. */
+void mock_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Allocation failure is fatal (the process logs and aborts), so callers never check. */
+void *mock_xmalloc(size_t size);
+void *mock_xcalloc(size_t n, size_t size);
+void *mock_xrealloc(void *ptr, size_t size);
+char *mock_xstrdup(const char *s);
+struct evbuffer *mock_xevbuffer(void);
+
+/* ---- mock_json.c ---------------------------------------------------------------------- */
+
+/* Appends s (len bytes, need not be NUL-terminated) as a quoted JSON string. Control characters
+ * are escaped; bytes that are not valid UTF-8 are written as \u00XX (read as Latin-1). */
+void mock_json_string(struct evbuffer *out, const char *s, size_t len);
+/* The same for a NUL-terminated string; NULL becomes null. */
+void mock_json_cstr(struct evbuffer *out, const char *s);
+
+/* ---- mock_query.c: query strings ----------------------------------------------------------- */
+
+/* One query parameter: decoded for matching, raw for copying into pagination links. */
+struct mock_param {
+    char *key;       /* decoded */
+    char *value;     /* decoded; "" when the parameter has no '=' */
+    const char *raw; /* "key=value" exactly as received, NUL-terminated inside mock_query.text */
+};
+
+/* A query string split into parameters in the order received. Owned by whoever parsed it. */
+struct mock_query {
+    char *text; /* a copy of the raw query with each '&' replaced by NUL */
+    struct mock_param *params;
+    size_t n;
+};
+
+/* The values of one query key: repeated keys and comma-joined values both land here, so
+ * capability=a&capability=b and capability=a,b read the same. Owned by whoever built it. */
+struct mock_values {
+    char **v;
+    size_t n;
+};
+
+/* Parses query (may be NULL) into q; free with mock_query_free(). */
+void mock_query_parse(struct mock_query *q, const char *query);
+void mock_query_free(struct mock_query *q);
+/* The first value of key, or NULL. Borrowed from q. */
+const char *mock_query_get(const struct mock_query *q, const char *key);
+/* Collects every value of key, split at commas; free with mock_query_values_free(). */
+void mock_query_values(struct mock_values *vals, const struct mock_query *q, const char *key);
+bool mock_query_values_contain(const struct mock_values *vals, const char *s);
+void mock_query_values_free(struct mock_values *vals);
+/* Reads s as a whole decimal integer in [min, max]. */
+bool mock_query_long(const char *s, long min, long max, long *out) MOCK_MUSTCHECK;
+
+/* ---- mock_data.c: the per-token world --------------------------------------------------- */
+
+/* One mock device. The identity fields are fixed at creation; the state fields change through
+ * mock_data_set_switch()/mock_data_set_level() only. Owned by its tenant. */
+struct mock_device {
+    unsigned index;           /* 0-based position in the tenant's list */
+    char id[MOCK_ID_LEN + 1]; /* deviceId */
+    unsigned location;        /* index into the tenant's locations */
+    unsigned room;            /* index into that location's rooms */
+    bool has_temperature;     /* even devices also have temperatureMeasurement */
+    bool switch_on;           /* switch.switch: "on" or "off" */
+    int level;                /* switchLevel.level, 0..100 */
+    int temperature;          /* temperatureMeasurement.temperature, degrees C */
+    char switch_ts[MOCK_TS_LEN + 1];
+    char level_ts[MOCK_TS_LEN + 1];
+    char temperature_ts[MOCK_TS_LEN + 1];
+    char health_ts[MOCK_TS_LEN + 1];
+};
+
+/* One location with its rooms, scenes and modes. Owned by its tenant; never changes. */
+struct mock_location {
+    char id[MOCK_ID_LEN + 1];
+    char name[32];
+    char room_ids[MOCK_ROOMS][MOCK_ID_LEN + 1];
+    char scene_ids[MOCK_SCENES][MOCK_ID_LEN + 1];
+    char mode_ids[MOCK_MODES][MOCK_ID_LEN + 1];
+};
+
+/* Everything one bearer token can see. Created on the token's first request and kept until
+ * shutdown; owned by mock_data.c. */
+struct mock_tenant {
+    char *token;
+    struct mock_tenant *next; /* hash-chain link, private to mock_data.c */
+    char owner_id[MOCK_ID_LEN + 1];
+    struct mock_location locations[MOCK_LOCATIONS];
+    size_t n_devices;
+    struct mock_device *devices; /* n_devices, in index order */
+    struct mock_device **by_id;  /* the same devices sorted by id, for bsearch */
+};
+
+/* Flags for mock_data_device_json(), from GET /devices?includeHealth=true&includeStatus=true. */
+enum mock_device_detail {
+    MOCK_DEVICE_PLAIN = 0,
+    MOCK_DEVICE_WITH_HEALTH = 1 << 0, /* adds "healthState" */
+    MOCK_DEVICE_WITH_STATUS = 1 << 1, /* adds each component's "status" */
+};
+
+void mock_data_init(size_t devices_per_token);
+void mock_data_shutdown(void);
+
+/* Returns the token's world, creating it on first use. Never NULL. */
+struct mock_tenant *mock_data_tenant(const char *token);
+
+/* Lookups by id; NULL or false when the id is not this tenant's. */
+struct mock_device *mock_data_find_device(struct mock_tenant *t, const char *id);
+const struct mock_location *mock_data_find_location(const struct mock_tenant *t, const char *id);
+bool mock_data_find_room(const struct mock_location *loc, const char *id,
+                         unsigned *room) MOCK_MUSTCHECK;
+bool mock_data_find_scene(const struct mock_tenant *t, const char *id, unsigned *location,
+                          unsigned *scene) MOCK_MUSTCHECK;
+bool mock_data_device_has_capability(const struct mock_device *d, const char *capability);
+
+/* Writes a 36-character UUID-shaped id derived from SHA-256(kind, token, a, b) into out. */
+void mock_data_uuid(char out[MOCK_ID_LEN + 1], const char *kind, const char *token, unsigned a,
+                    unsigned b);
+/* Writes the current UTC time as "YYYY-MM-DDTHH:MM:SS.mmmZ" into out. */
+void mock_data_timestamp_now(char out[MOCK_TS_LEN + 1]);
+
+/* State changes, each stamping the attribute with the current time. */
+void mock_data_set_switch(struct mock_device *d, bool on);
+void mock_data_set_level(struct mock_device *d, int level);
+/* Runs a scene: every device in its location is switched on. */
+void mock_data_execute_scene(struct mock_tenant *t, unsigned location);
+
+/* JSON rendering: each appends one complete JSON value to out. */
+void mock_data_device_json(struct evbuffer *out, const struct mock_tenant *t,
+                           const struct mock_device *d, unsigned detail);
+void mock_data_status_json(struct evbuffer *out, const struct mock_device *d);
+bool mock_data_component_status_json(struct evbuffer *out, const struct mock_device *d,
+                                     const char *component) MOCK_MUSTCHECK;
+bool mock_data_capability_status_json(struct evbuffer *out, const struct mock_device *d,
+                                      const char *component, const char *capability) MOCK_MUSTCHECK;
+void mock_data_health_json(struct evbuffer *out, const struct mock_device *d);
+void mock_data_location_summary_json(struct evbuffer *out, const struct mock_location *loc);
+void mock_data_location_json(struct evbuffer *out, const struct mock_tenant *t,
+                             const struct mock_location *loc);
+void mock_data_room_json(struct evbuffer *out, const struct mock_location *loc, unsigned room);
+void mock_data_mode_json(struct evbuffer *out, const struct mock_location *loc, unsigned mode);
+void mock_data_scene_json(struct evbuffer *out, const struct mock_location *loc, unsigned scene);
+bool mock_data_capability_definition_json(struct evbuffer *out, const char *id,
+                                          const char *version) MOCK_MUSTCHECK;
+void mock_data_presentation_json(struct evbuffer *out, const struct mock_device *d);
+
+/* ---- mock_command.c --------------------------------------------------------------------- */
+
+/* Parses a commands body, and if the whole body is valid applies every command to d and
+ * appends {"results":[...]} to out. On a malformed body nothing changes, false is returned and
+ * why holds a message for the 400 answer. */
+bool mock_command_run(struct mock_device *d, const char *body, size_t len, struct evbuffer *out,
+                      char *why, size_t why_size) MOCK_MUSTCHECK;
+
+/* ---- mock_admin.c: counters, last request, run-time config ----------------------------- */
+
+/* Settings that may change while running (POST /config?key=value on the admin port). The API
+ * reads them on every request, so a new fault is a new field, a new row in mock_admin.c's
+ * config table and a check in mock_api.c. */
+struct mock_config {
+    long latency_ms; /* added before every API answer */
+};
+
+extern struct mock_config mock_config;
+
+/* Records an API request as it arrives: counts it and keeps it as the last request. token is
+ * the bearer token ("" when there is none). */
+void mock_admin_note_request(struct evhttp_request *req, const char *token);
+/* Counts the status code of an API answer as it is sent. */
+void mock_admin_note_status(int status);
+/* The admin port's request callback (evhttp_set_gencb). */
+void mock_admin_handle(struct evhttp_request *req, void *arg);
+void mock_admin_shutdown(void);
+
+/* ---- mock_api.c ------------------------------------------------------------------------- */
+
+/* origin: the scheme://host[:port] put into _links hrefs, or NULL for "https://" + Host.
+ * tokens: the accepted bearer tokens, or n_tokens == 0 to accept any. Both are borrowed and
+ * must outlive the API. */
+void mock_api_init(struct event_base *base, const char *origin, char **tokens, size_t n_tokens);
+/* The API port's request callback (evhttp_set_gencb). */
+void mock_api_handle(struct evhttp_request *req, void *arg);
+/* Drops requests still waiting out their latency. Call before evhttp_free(). */
+void mock_api_shutdown(void);
+
+#endif

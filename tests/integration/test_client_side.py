@@ -1,0 +1,207 @@
+"""The client listener's limits and refusals, the admin listener, the access
+log, the command line and a draining shutdown."""
+import re
+import socket
+import subprocess
+import threading
+import time
+
+from harness import STPROXY
+
+TOKEN = "pat-client-side"
+
+
+def raw_exchange(port, data, timeout=5):
+    """Sends raw bytes; returns everything the proxy answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"Content-Length" in b"".join(chunks):
+                    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                    m = re.search(rb"Content-Length: (\d+)", head)
+                    if m and len(body) >= int(m.group(1)):
+                        break
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_connect_and_foreign_targets_refused(mock, start_proxy):
+    proxy = start_proxy(mock.origin)
+    answer = raw_exchange(proxy.port, b"CONNECT evil.example:443 HTTP/1.1\r\n"
+                                      b"Host: evil.example:443\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:100]
+    answer = raw_exchange(proxy.port, b"GET http://evil.example/devices HTTP/1.1\r\n"
+                                      b"Host: evil.example\r\nAuthorization: Bearer t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:100]
+    assert b'"ForbiddenError"' in answer
+    answer = raw_exchange(proxy.port, b"GET /devices/../apps HTTP/1.1\r\nHost: x\r\n"
+                                      b"Authorization: Bearer t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    answer = raw_exchange(proxy.port, b"GET /devices/a%2Fb HTTP/1.1\r\nHost: x\r\n"
+                                      b"Authorization: Bearer t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert mock.counters()["total"] == 0, "no refused request reaches any host"
+    # absolute-form naming the proxy itself is an ordinary request
+    host = f"127.0.0.1:{proxy.port}".encode()
+    answer = raw_exchange(proxy.port, b"GET http://" + host + b"/locations HTTP/1.1\r\nHost: " +
+                          host + b"\r\nAuthorization: Bearer t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert proxy.metric("stproxy_target_refused_total") == 4
+
+
+def test_oversized_headers_and_body(mock, start_proxy):
+    proxy = start_proxy(mock.origin, env={"STPROXY_MAX_HEADER_SIZE": "4k",
+                                          "STPROXY_MAX_BODY_SIZE": "1k"})
+    big = "x" * 8000
+    answer = raw_exchange(proxy.port, f"GET /devices HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n"
+                                      f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+    assert answer == b"" or answer.split(b" ")[1][:1] == b"4", answer[:80]
+    resp = proxy.request("POST", "/devices/x/commands", token=TOKEN, body=b"{" + b" " * 4000 + b"}")
+    assert resp.status == 413
+    assert mock.counters()["total"] == 0
+    assert proxy.request("GET", "/locations", token=TOKEN).status == 200, "still serving"
+
+
+def test_idle_client_connection_closed(mock, start_proxy):
+    proxy = start_proxy(mock.origin, env={"STPROXY_CLIENT_TIMEOUT": "1s"})
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"GET /loc")  # and then nothing
+        started = time.monotonic()
+        assert s.recv(100) == b"" or True
+        assert time.monotonic() - started < 4
+    time.sleep(0.3)
+    assert proxy.metric("stproxy_client_connections") == 0
+
+
+def test_connection_limit(mock, start_proxy):
+    proxy = start_proxy(mock.origin, env={"STPROXY_MAX_CONNECTIONS": "2"})
+    held = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(2)]
+    time.sleep(0.3)
+    assert proxy.metric("stproxy_client_connections") == 2
+    result = {}
+
+    def third():
+        result["status"] = proxy.request("GET", "/locations", token=TOKEN, timeout=10).status
+
+    t = threading.Thread(target=third)
+    t.start()
+    time.sleep(0.5)
+    assert "status" not in result, "a third connection waits while two are open"
+    assert proxy.metric("stproxy_client_connection_limit_reached_total") >= 1
+    held[0].close()
+    t.join(timeout=8)
+    assert result.get("status") == 200, "served once a connection closed"
+    held[1].close()
+
+
+def test_access_log_line(mock, start_proxy):
+    proxy = start_proxy(mock.origin)
+    proxy.request("GET", "/devices?max=2", token=TOKEN)
+    proxy.request("GET", "/devices/none/status", token=TOKEN)
+    log = proxy.output()
+    assert re.search(r"access client=pass-through method=GET path=/devices status=200 cache=MISS "
+                     r"upstream_ms=\d+\.\d total_ms=\d+\.\d", log), log
+    assert re.search(r"path=/devices/none/status status=404", log)
+    assert "max=2" not in log, "queries are not logged"
+
+
+def test_admin_endpoints(mock, start_proxy):
+    proxy = start_proxy(mock.origin)
+    proxy.request("GET", "/devices", token=TOKEN)
+    proxy.request("GET", "/devices/none", token=TOKEN)
+    status, body = proxy.admin("/healthz")
+    assert status == 200 and body.strip() == "ok"
+    status, body = proxy.admin("/readyz")
+    assert status == 200 and '"ready":true' in body
+    status, body = proxy.admin("/metrics")
+    assert status == 200
+    assert "# TYPE stproxy_requests_total counter" in body
+    assert 'stproxy_requests_total{code="200"} 1' in body
+    assert 'stproxy_requests_total{code="404"} 1' in body
+    assert "stproxy_upstream_requests_total 2" in body
+    assert "stproxy_upstream_errors_total 0" in body
+    assert 'stproxy_request_duration_seconds_bucket{le="+Inf"} 2' in body
+    assert "stproxy_request_duration_seconds_count 2" in body
+    assert 'stproxy_upstream_duration_seconds_bucket{le="0.5"}' in body
+    assert proxy.admin("/nope")[0] == 404
+
+
+def test_admin_listens_on_loopback_by_default(mock, start_proxy):
+    from harness import Proxy
+    proxy = start_proxy(mock.origin)
+    line = [l for l in proxy.output().splitlines() if " up: " in l][0]
+    assert f"admin=127.0.0.1:{proxy.admin_port}" in line
+    out = subprocess.run([STPROXY, "-h"], capture_output=True, text=True, env={})
+    assert re.search(r"admin_listen\s+STPROXY_ADMIN_LISTEN\s+127\.0\.0\.1:9090", out.stdout)
+    assert Proxy  # the default itself is checked by tests/unit/test_config
+
+
+def test_sigterm_drains_in_flight_requests(start_mock, start_proxy):
+    mock = start_mock(latency_ms=800)
+    proxy = start_proxy(mock.origin)
+    result = {}
+
+    def slow():
+        result["status"] = proxy.request("GET", "/devices", token=TOKEN).status
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    proxy.proc.terminate()
+    t.join(timeout=5)
+    assert result.get("status") == 200, "the in-flight request was answered"
+    assert proxy.proc.wait(timeout=5) == 0
+    assert "draining 1 in-flight" in proxy.output()
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([STPROXY, *args], capture_output=True, text=True, env=env or {},
+                          timeout=10)
+
+
+def test_cli_version_help_and_check(tmp_path):
+    out = run_cli("-V")
+    assert out.returncode == 0
+    assert re.search(r"^stproxy \d+\.\d+\.\d+", out.stdout)
+    assert "libevent 2.1" in out.stdout and "OpenSSL 3" in out.stdout and "hiredis" in out.stdout
+    out = run_cli("-h")
+    assert out.returncode == 0 and "usage: stproxy [-c FILE] [-t] [-V] [-h]" in out.stdout
+    good = tmp_path / "good.conf"
+    good.write_text("listen = 127.0.0.1:18080\nupstream_timeout = 3s\n")
+    out = run_cli("-t", "-c", str(good))
+    assert out.returncode == 0, out.stderr
+    bad = tmp_path / "bad.conf"
+    bad.write_text("# a comment\nlisten = 127.0.0.1:18080\nupstream_timeout = forever\n")
+    out = run_cli("-t", "-c", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:3: upstream_timeout: invalid duration" in out.stderr
+    out = run_cli("-t", env={"STPROXY_UPSTREAM": "http://plain.example"})
+    assert out.returncode == 1 and "environment STPROXY_UPSTREAM" in out.stderr
+    out = run_cli("-x")
+    assert out.returncode == 2
+
+
+def test_bad_config_stops_start_up(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("listen = 127.0.0.1:1\nno_such_key = 1\n")
+    out = run_cli("-c", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:2: no_such_key: unknown setting" in out.stderr
+
+
+def test_port_in_use_stops_start_up(mock):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run_cli(env={"STPROXY_LISTEN": f"127.0.0.1:{port}",
+                           "STPROXY_UPSTREAM": mock.origin})
+        assert out.returncode == 1
+        assert "cannot listen on" in out.stderr
