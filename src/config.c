@@ -19,14 +19,15 @@
 #include "credential.h"
 #include "mem.h"
 
-#define OPT(n, t, field, d, reload, secret, doc)                                                  \
-    {n, t, offsetof(struct config, field), d, reload, secret, doc}
+#define OPT(n, t, field, d, reload, secret, doc)                                                   \
+    {                                                                                              \
+        n, t, offsetof(struct config, field), d, reload, secret, doc                               \
+    }
 
 /* The one option table. Keep conf/stproxy.conf and README.md in step with it
  * (tests/unit/test_config.c fails when a key is missing from either). */
 static const struct option_def options[] = {
-    OPT("listen", OPT_ADDR, listen, "127.0.0.1:8080", false, false,
-        "client listener host:port"),
+    OPT("listen", OPT_ADDR, listen, "127.0.0.1:8080", false, false, "client listener host:port"),
     OPT("admin_listen", OPT_ADDR, admin_listen, "127.0.0.1:9090", false, false,
         "admin listener (health, metrics) host:port; keep it on loopback"),
     OPT("upstream", OPT_ORIGIN, upstream, "https://api.smartthings.com", false, false,
@@ -39,8 +40,7 @@ static const struct option_def options[] = {
         "file holding the shared credential (Docker secrets)"),
     OPT("client_keys", OPT_CLIENT_KEYS, client_keys, NULL, true, true,
         "name:key,name:key local keys that map to the shared credential"),
-    OPT("log_level", OPT_LOG_LEVEL, log_level, "info", true, false,
-        "error, warn, info or debug"),
+    OPT("log_level", OPT_LOG_LEVEL, log_level, "info", true, false, "error, warn, info or debug"),
     OPT("max_connections", OPT_COUNT, max_connections, "1024", false, false,
         "client connections open at once; further ones are refused"),
     OPT("max_header_size", OPT_SIZE, max_header_size, "16k", false, false,
@@ -51,8 +51,8 @@ static const struct option_def options[] = {
         "a client connection idle or stalled this long is closed"),
     OPT("upstream_connections", OPT_COUNT, upstream_connections, "16", false, false,
         "keep-alive TLS connections to the upstream at most"),
-    OPT("upstream_connect_timeout", OPT_DURATION, upstream_connect_timeout_ms, "5s", false,
-        false, "TCP connect plus TLS handshake to the upstream"),
+    OPT("upstream_connect_timeout", OPT_DURATION, upstream_connect_timeout_ms, "5s", false, false,
+        "TCP connect plus TLS handshake to the upstream"),
     OPT("upstream_timeout", OPT_DURATION, upstream_timeout_ms, "8s", false, false,
         "whole upstream answer after the request is sent; then 504"),
     OPT("upstream_max_body_size", OPT_SIZE, upstream_max_body_size, "16m", false, false,
@@ -238,8 +238,7 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
     case OPT_ORIGIN:
         if (!config_parse_origin(value, &host, &port) || host[0] == '\0') {
             free(host);
-            snprintf(err, errlen, "invalid origin \"%s\" (expected https://host[:port])",
-                     value);
+            snprintf(err, errlen, "invalid origin \"%s\" (expected https://host[:port])", value);
             return false;
         }
         free(host);
@@ -261,8 +260,7 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
         return true;
     case OPT_DURATION:
         if (!parse_duration(value, (long *)slot)) {
-            snprintf(err, errlen, "invalid duration \"%s\" (expected e.g. 500ms, 8s or 2m)",
-                     value);
+            snprintf(err, errlen, "invalid duration \"%s\" (expected e.g. 500ms, 8s or 2m)", value);
             return false;
         }
         return true;
@@ -296,8 +294,8 @@ struct file_parse {
     struct config *cfg;
     FILE *fp;
     const char *path;
-    int line;          /* line last read */
-    bool failed;       /* an error was recorded in err */
+    int line;    /* line last read */
+    bool failed; /* an error was recorded in err */
     char *err;
     size_t errlen;
 };
@@ -437,18 +435,19 @@ static bool config_check(struct config *cfg, char *err, size_t errlen)
     if (cfg->token_file != NULL && !load_token_file(cfg, err, errlen))
         return false;
     if (cfg->token != NULL && cfg->client_keys == NULL) {
-        snprintf(err, errlen, "client_keys: a shared credential is configured but no client "
-                              "keys; clients could not use it");
+        snprintf(err, errlen,
+                 "client_keys: a shared credential is configured but no client "
+                 "keys; clients could not use it");
         return false;
     }
     if (cfg->token == NULL && cfg->client_keys != NULL) {
-        snprintf(err, errlen, "client_keys: set, but no shared credential (token or "
-                              "token_file) for them to map to");
+        snprintf(err, errlen,
+                 "client_keys: set, but no shared credential (token or "
+                 "token_file) for them to map to");
         return false;
     }
     if (cfg->upstream_ca != NULL && access(cfg->upstream_ca, R_OK) != 0) {
-        snprintf(err, errlen, "upstream_ca: cannot read %s: %s", cfg->upstream_ca,
-                 strerror(errno));
+        snprintf(err, errlen, "upstream_ca: cannot read %s: %s", cfg->upstream_ca, strerror(errno));
         return false;
     }
     if (cfg->upstream_timeout_ms >= 10000)

@@ -47,13 +47,13 @@ enum option_type {
 
 /* One row of the option table. */
 struct option_def {
-    const char *name;     /* key in the file; the environment name is STPROXY_<NAME> */
+    const char *name; /* key in the file; the environment name is STPROXY_<NAME> */
     enum option_type type;
-    size_t offset;        /* where the value lives in struct config */
-    const char *def;      /* default as text; NULL = unset */
-    bool reloadable;      /* SIGHUP may change it */
-    bool secret;          /* its value is never printed */
-    const char *doc;      /* one line for -h */
+    size_t offset;   /* where the value lives in struct config */
+    const char *def; /* default as text; NULL = unset */
+    bool reloadable; /* SIGHUP may change it */
+    bool secret;     /* its value is never printed */
+    const char *doc; /* one line for -h */
 };
 
 const struct option_def *config_options(size_t *count);

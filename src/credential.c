@@ -93,8 +93,10 @@ static bool check_pair(const char *name, size_t name_len, const char *key, size_
     for (size_t i = 0; i < key_len; i++) {
         if (isspace((unsigned char)key[i]) || !isprint((unsigned char)key[i])) {
             /* The key is secret: name the client, never echo the key. */
-            snprintf(kc->err, kc->errlen, "the key of client \"%.*s\" holds a blank or control "
-                     "character", (int)name_len, name);
+            snprintf(kc->err, kc->errlen,
+                     "the key of client \"%.*s\" holds a blank or control "
+                     "character",
+                     (int)name_len, name);
             return false;
         }
     }
@@ -138,8 +140,7 @@ bool credential_keys_valid(const char *spec, char *err, size_t errlen)
     return ok;
 }
 
-static bool add_pair(const char *name, size_t name_len, const char *key, size_t key_len,
-                     void *arg)
+static bool add_pair(const char *name, size_t name_len, const char *key, size_t key_len, void *arg)
 {
     struct credential_store *store = arg;
     struct client_key *ck;

@@ -34,16 +34,16 @@ enum credential_status {
 
 /* One configured client key; only its hash is kept after start-up. */
 struct client_key {
-    char *name;                  /* shown in logs and metrics */
-    unsigned char key_hash[32];  /* SHA-256 of the key */
+    char *name;                 /* shown in logs and metrics */
+    unsigned char key_hash[32]; /* SHA-256 of the key */
 };
 
 /* The credentials of one process; replaced whole on reload. */
 struct credential_store {
     enum credential_mode mode;
-    char *shared_token;                   /* owned; NULL in pass-through mode */
+    char *shared_token;                    /* owned; NULL in pass-through mode */
     char shared_id[CREDENTIAL_ID_LEN + 1]; /* hash of shared_token */
-    struct client_key *keys;              /* owned array */
+    struct client_key *keys;               /* owned array */
     size_t nkeys;
 };
 
@@ -52,10 +52,10 @@ struct credential_store {
  * own header value, so it lives no longer than both.
  */
 struct credential_ref {
-    const char *client;                  /* client name, or "pass-through" */
-    const char *token;                   /* token to send upstream */
+    const char *client; /* client name, or "pass-through" */
+    const char *token;  /* token to send upstream */
     size_t token_len;
-    char id[CREDENTIAL_ID_LEN + 1];      /* hash of token: the isolation key */
+    char id[CREDENTIAL_ID_LEN + 1]; /* hash of token: the isolation key */
 };
 
 bool credential_store_init(struct credential_store *store, const struct config *cfg, char *err,

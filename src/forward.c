@@ -49,29 +49,48 @@ enum preq_state {
 /* One client request. */
 struct proxy_request {
     struct forward *fwd;
-    struct evhttp_request *req;  /* evhttp's; valid until we reply */
+    struct evhttp_request *req; /* evhttp's; valid until we reply */
     enum preq_state state;
     const char *method;
     struct route route;
-    struct credential_ref cred;  /* points into req's headers or the store */
-    char client_origin[300];     /* "http://host:port" the client used */
+    struct credential_ref cred; /* points into req's headers or the store */
+    char client_origin[300];    /* "http://host:port" the client used */
     struct timespec started;
-    double upstream_seconds;     /* < 0 when the upstream was not asked */
-    const char *cache_status;    /* X-Cache value, for the log */
+    double upstream_seconds;  /* < 0 when the upstream was not asked */
+    const char *cache_status; /* X-Cache value, for the log */
 };
 
 /* Request headers that belong to one connection, or that we set ourselves. */
 static const char *const request_skip[] = {
-    "Connection",      "Keep-Alive",          "Proxy-Authenticate", "Proxy-Authorization",
-    "Proxy-Connection", "TE",                 "Trailer",            "Transfer-Encoding",
-    "Upgrade",         "Host",                "Content-Length",     "Authorization",
-    "Accept-Encoding", "Expect",              NULL,
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "Host",
+    "Content-Length",
+    "Authorization",
+    "Accept-Encoding",
+    "Expect",
+    NULL,
 };
 
 /* Response headers that belong to one connection, or that evhttp sets. */
 static const char *const response_skip[] = {
-    "Connection", "Keep-Alive",        "Proxy-Authenticate", "Proxy-Connection", "TE",
-    "Trailer",    "Transfer-Encoding", "Upgrade",            "Content-Length",   NULL,
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "Content-Length",
+    NULL,
 };
 
 static bool in_list(const char *name, const char *const *list)
@@ -128,15 +147,24 @@ static double seconds_since(const struct timespec *t0)
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "UNKNOWN";
 }

@@ -17,8 +17,8 @@ struct forward;
 
 /* Settings the request path needs, copied at creation. */
 struct forward_settings {
-    const char *upstream_origin;  /* canonical "https://host[:port]" */
-    const char *listen_address;   /* used for links when a client sends no Host */
+    const char *upstream_origin; /* canonical "https://host[:port]" */
+    const char *listen_address;  /* used for links when a client sends no Host */
 };
 
 struct forward *forward_new(const struct forward_settings *settings, struct upstream_pool *pool,

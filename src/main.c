@@ -24,8 +24,8 @@
 #include "upstream.h"
 #include "version.h"
 
-#define DRAIN_DEADLINE_MS 10000 /* longest SIGTERM waits for in-flight requests */
-#define DRAIN_POLL_MS 20
+#define DRAIN_DEADLINE_MS   10000 /* longest SIGTERM waits for in-flight requests */
+#define DRAIN_POLL_MS       20
 #define JANITOR_INTERVAL_MS 100
 
 /* Everything main() sets up, so that signal callbacks can reach it. */
@@ -108,8 +108,8 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 
     if (p->drain_timer != NULL)
         return; /* already draining */
-    log_info("signal %d: no longer accepting connections; draining %d in-flight requests",
-             (int)sig, forward_in_flight(p->fwd));
+    log_info("signal %d: no longer accepting connections; draining %d in-flight requests", (int)sig,
+             forward_in_flight(p->fwd));
     server_stop_accepting(p->client);
     admin_set_draining(p->admin);
     p->drain_timer = evtimer_new(p->base, drain_check, p);
@@ -175,8 +175,8 @@ static bool process_start(struct process *p, char *err, size_t errlen)
     client_limits.max_body_size = p->cfg.max_body_size;
     client_limits.timeout_ms = p->cfg.client_timeout_ms;
     client_limits.count_metrics = true;
-    p->client = server_new(p->base, "client", p->cfg.listen, &client_limits, forward_handle,
-                           p->fwd, err, errlen);
+    p->client = server_new(p->base, "client", p->cfg.listen, &client_limits, forward_handle, p->fwd,
+                           err, errlen);
     if (p->client == NULL)
         return false;
 
@@ -186,8 +186,8 @@ static bool process_start(struct process *p, char *err, size_t errlen)
     admin_limits.timeout_ms = 10000;
     admin_limits.count_metrics = false;
     p->admin = admin_new();
-    p->admin_server = server_new(p->base, "admin", p->cfg.admin_listen, &admin_limits,
-                                 admin_handle, p->admin, err, errlen);
+    p->admin_server = server_new(p->base, "admin", p->cfg.admin_listen, &admin_limits, admin_handle,
+                                 p->admin, err, errlen);
     ok = p->admin_server != NULL;
     return ok;
 }

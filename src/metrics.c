@@ -25,7 +25,7 @@ static const struct metric_def defs[METRIC_COUNT] = {
 /* Upper bounds of the latency buckets, in seconds. */
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-#define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+#define NBUCKETS   (sizeof(buckets) / sizeof(buckets[0]))
 #define STATUS_MIN 100
 #define STATUS_MAX 599
 
@@ -90,9 +90,10 @@ static void render_histogram(struct evbuffer *out, enum metric_id id)
 
 void metrics_render(struct evbuffer *out)
 {
-    static const char *const type_names[] = {
-        [COUNTER] = "counter", [GAUGE] = "gauge", [HISTOGRAM] = "histogram",
-        [BY_STATUS] = "counter"};
+    static const char *const type_names[] = {[COUNTER] = "counter",
+                                             [GAUGE] = "gauge",
+                                             [HISTOGRAM] = "histogram",
+                                             [BY_STATUS] = "counter"};
 
     for (int id = 0; id < METRIC_COUNT; id++) {
         const struct metric_def *d = &defs[id];

@@ -14,28 +14,27 @@
 
 #define METRICS_LIST(X)                                                                            \
     X(REQUESTS, BY_STATUS, "stproxy_requests_total",                                               \
-      "Client requests answered, by HTTP status code")                                              \
+      "Client requests answered, by HTTP status code")                                             \
     X(REQUEST_DURATION, HISTOGRAM, "stproxy_request_duration_seconds",                             \
-      "Time from a client request's arrival to its answer")                                         \
+      "Time from a client request's arrival to its answer")                                        \
     X(UPSTREAM_REQUESTS, COUNTER, "stproxy_upstream_requests_total",                               \
-      "Requests sent to the upstream API")                                                          \
+      "Requests sent to the upstream API")                                                         \
     X(UPSTREAM_ERRORS, COUNTER, "stproxy_upstream_errors_total",                                   \
-      "Upstream exchanges that failed: connect, TLS, timeout, bad or oversized answer")             \
+      "Upstream exchanges that failed: connect, TLS, timeout, bad or oversized answer")            \
     X(UPSTREAM_DURATION, HISTOGRAM, "stproxy_upstream_duration_seconds",                           \
-      "Time from handing a request to the upstream pool to its complete answer")                    \
+      "Time from handing a request to the upstream pool to its complete answer")                   \
     X(UPSTREAM_CONNECTS, COUNTER, "stproxy_upstream_connections_opened_total",                     \
-      "TLS connections opened to the upstream")                                                     \
+      "TLS connections opened to the upstream")                                                    \
     X(UPSTREAM_REUSED, COUNTER, "stproxy_upstream_reused_total",                                   \
-      "Upstream requests sent on an already open keep-alive connection")                            \
-    X(UPSTREAM_OPEN, GAUGE, "stproxy_upstream_connections",                                        \
-      "Upstream connections open now")                                                              \
+      "Upstream requests sent on an already open keep-alive connection")                           \
+    X(UPSTREAM_OPEN, GAUGE, "stproxy_upstream_connections", "Upstream connections open now")       \
     X(CLIENT_ACCEPTED, COUNTER, "stproxy_client_connections_accepted_total",                       \
-      "Client connections accepted")                                                                \
+      "Client connections accepted")                                                               \
     X(CLIENT_LIMITED, COUNTER, "stproxy_client_connection_limit_reached_total",                    \
-      "Times max_connections was reached and accepting paused until a connection closed")           \
-    X(CLIENT_OPEN, GAUGE, "stproxy_client_connections", "Client connections open now")              \
+      "Times max_connections was reached and accepting paused until a connection closed")          \
+    X(CLIENT_OPEN, GAUGE, "stproxy_client_connections", "Client connections open now")             \
     X(AUTH_REJECTED, COUNTER, "stproxy_auth_rejected_total",                                       \
-      "Requests refused with 401: missing or unknown client key")                                    \
+      "Requests refused with 401: missing or unknown client key")                                  \
     X(TARGET_REFUSED, COUNTER, "stproxy_target_refused_total",                                     \
       "Requests refused for their target: foreign host, CONNECT, path tricks")
 

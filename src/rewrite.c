@@ -113,8 +113,7 @@ bool rewrite_links(const char *body, size_t len, const char *from_origin, const 
                         size_t m;
                         if (!key_is(body, &tok[k], "href") || v->type != JSMN_STRING)
                             continue;
-                        m = match_origin(body + v->start, (size_t)(v->end - v->start),
-                                         from_origin);
+                        m = match_origin(body + v->start, (size_t)(v->end - v->start), from_origin);
                         if (m == 0)
                             continue;
                         evbuffer_add(out, body + copied, (size_t)(v->start - copied));

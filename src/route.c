@@ -159,8 +159,8 @@ static enum route_class classify_device(struct route *r, const char **seg, size_
         return ROUTE_DEVICE_EVENTS;
     if (n == 5 && seg_is(seg[2], len[2], "components") && seg_is(seg[4], len[4], "status"))
         return ROUTE_COMPONENT_STATUS;
-    if (n == 7 && seg_is(seg[2], len[2], "components") &&
-        seg_is(seg[4], len[4], "capabilities") && seg_is(seg[6], len[6], "status"))
+    if (n == 7 && seg_is(seg[2], len[2], "components") && seg_is(seg[4], len[4], "capabilities") &&
+        seg_is(seg[6], len[6], "status"))
         return ROUTE_CAPABILITY_STATUS;
     return ROUTE_DEVICE_OTHER;
 }

@@ -12,23 +12,23 @@
 
 /* Path classes of the SmartThings API (both /v1/x and /x styles). */
 #define ROUTE_CLASSES(X)                                                                           \
-    X(DEVICES, "devices")                       /* GET /devices list */                           \
-    X(DEVICE, "device")                         /* /devices/{id} description */                   \
-    X(DEVICE_STATUS, "device_status")           /* /devices/{id}/status */                        \
-    X(COMPONENT_STATUS, "component_status")     /* /devices/{id}/components/{c}/status */         \
-    X(CAPABILITY_STATUS, "capability_status")   /* .../capabilities/{cap}/status */               \
-    X(DEVICE_HEALTH, "device_health")           /* /devices/{id}/health */                        \
-    X(DEVICE_COMMANDS, "device_commands")       /* POST /devices/{id}/commands */                 \
-    X(DEVICE_EVENTS, "device_events")           /* POST /devices/{id}/events */                   \
-    X(DEVICE_OTHER, "device_other")             /* anything else under /devices/{id} */           \
-    X(LOCATIONS, "locations")                   /* /locations, /locations/{id} */                 \
-    X(ROOMS, "rooms")                           /* /locations/{id}/rooms[/{r}] */                 \
-    X(MODES, "modes")                           /* /locations/{id}/modes[...] */                  \
-    X(SCENES, "scenes")                         /* /scenes */                                     \
-    X(SCENE_EXECUTE, "scene_execute")           /* POST /scenes/{id}/execute */                   \
-    X(CAPABILITIES, "capabilities")             /* /capabilities/... definitions */               \
-    X(PRESENTATION, "presentation")             /* /presentation... */                            \
-    X(OTHER, "other")                           /* any other API path */
+    X(DEVICES, "devices")                     /* GET /devices list */                              \
+    X(DEVICE, "device")                       /* /devices/{id} description */                      \
+    X(DEVICE_STATUS, "device_status")         /* /devices/{id}/status */                           \
+    X(COMPONENT_STATUS, "component_status")   /* /devices/{id}/components/{c}/status */            \
+    X(CAPABILITY_STATUS, "capability_status") /* .../capabilities/{cap}/status */                  \
+    X(DEVICE_HEALTH, "device_health")         /* /devices/{id}/health */                           \
+    X(DEVICE_COMMANDS, "device_commands")     /* POST /devices/{id}/commands */                    \
+    X(DEVICE_EVENTS, "device_events")         /* POST /devices/{id}/events */                      \
+    X(DEVICE_OTHER, "device_other")           /* anything else under /devices/{id} */              \
+    X(LOCATIONS, "locations")                 /* /locations, /locations/{id} */                    \
+    X(ROOMS, "rooms")                         /* /locations/{id}/rooms[/{r}] */                    \
+    X(MODES, "modes")                         /* /locations/{id}/modes[...] */                     \
+    X(SCENES, "scenes")                       /* /scenes */                                        \
+    X(SCENE_EXECUTE, "scene_execute")         /* POST /scenes/{id}/execute */                      \
+    X(CAPABILITIES, "capabilities")           /* /capabilities/... definitions */                  \
+    X(PRESENTATION, "presentation")           /* /presentation... */                               \
+    X(OTHER, "other")                         /* any other API path */
 
 enum route_class {
 #define ROUTE_ENUM(id, name) ROUTE_##id,
@@ -49,10 +49,10 @@ enum route_status {
 /* A parsed request target. Owns path and query (route_free). */
 struct route {
     enum route_class cls;
-    bool versioned;                 /* the path starts with /v1 */
-    char *path;                     /* as received, without the query */
-    char *query;                    /* raw query without '?', or NULL */
-    char device_id[ROUTE_ID_MAX];   /* set for /devices/{id}... routes */
+    bool versioned;               /* the path starts with /v1 */
+    char *path;                   /* as received, without the query */
+    char *query;                  /* raw query without '?', or NULL */
+    char device_id[ROUTE_ID_MAX]; /* set for /devices/{id}... routes */
 };
 
 /*

@@ -34,17 +34,17 @@ struct tracked_conn {
 };
 
 struct server {
-    char name[16];                  /* "client" or "admin", for logs */
+    char name[16]; /* "client" or "admin", for logs */
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *bound;
     struct evconnlistener *listener; /* owned by evhttp through bound */
     struct server_limits limits;
-    int open;                       /* connections accepted and not yet closed */
-    bool paused;                    /* accepting paused at max_connections */
-    bool stopped;                   /* no longer accepting (draining) */
-    struct tracked_conn *conns;     /* every open connection */
-    time_t last_pause_log;          /* pauses are logged at most every 10 s */
+    int open;                   /* connections accepted and not yet closed */
+    bool paused;                /* accepting paused at max_connections */
+    bool stopped;               /* no longer accepting (draining) */
+    struct tracked_conn *conns; /* every open connection */
+    time_t last_pause_log;      /* pauses are logged at most every 10 s */
     char address[80];
 };
 
@@ -160,8 +160,8 @@ static bool bind_address(const char *addr, struct sockaddr_storage *ss, int *ssl
 }
 
 struct server *server_new(struct event_base *base, const char *name, const char *addr,
-                          const struct server_limits *limits, server_handler_fn handler,
-                          void *arg, char *err, size_t errlen)
+                          const struct server_limits *limits, server_handler_fn handler, void *arg,
+                          char *err, size_t errlen)
 {
     struct server *srv;
     struct sockaddr_storage ss, bound;
@@ -191,8 +191,8 @@ struct server *server_new(struct event_base *base, const char *name, const char 
                                               EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
                                               EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     srv->listener = evconnlistener_new_bind(
-        base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-        512, (struct sockaddr *)&ss, sslen);
+        base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 512,
+        (struct sockaddr *)&ss, sslen);
     if (srv->listener == NULL) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
         evhttp_free(srv->http);

@@ -27,8 +27,8 @@ typedef void (*server_handler_fn)(struct evhttp_request *req, void *arg);
 
 /* Binds addr ("host:port") and serves every request with handler. */
 struct server *server_new(struct event_base *base, const char *name, const char *addr,
-                          const struct server_limits *limits, server_handler_fn handler,
-                          void *arg, char *err, size_t errlen) __attribute__((warn_unused_result));
+                          const struct server_limits *limits, server_handler_fn handler, void *arg,
+                          char *err, size_t errlen) __attribute__((warn_unused_result));
 /* Stops accepting new connections; open ones keep being served. */
 void server_stop_accepting(struct server *srv);
 void server_free(struct server *srv);

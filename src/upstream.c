@@ -68,22 +68,22 @@ struct uexchange;
 
 /* One TLS connection to the upstream. */
 struct uconn {
-    TAILQ_ENTRY(uconn) link;     /* in pool->idle, pool->busy or pool->dead */
+    TAILQ_ENTRY(uconn) link; /* in pool->idle, pool->busy or pool->dead */
     struct upstream_pool *pool;
     enum uconn_state state;
-    struct bufferevent *bev;     /* owns the socket and the SSL */
+    struct bufferevent *bev; /* owns the socket and the SSL */
     struct evutil_addrinfo *addrs;
     struct evutil_addrinfo *next_addr; /* next address to try if this one fails */
     struct evdns_getaddrinfo_request *dns;
     struct event *connect_timer;
-    struct uexchange *ex;        /* the exchange being served, or NULL */
-    unsigned answered;           /* responses completed here; > 0 means reused */
+    struct uexchange *ex; /* the exchange being served, or NULL */
+    unsigned answered;    /* responses completed here; > 0 means reused */
     enum body_mode body_mode;
     enum chunk_state chunk_state;
-    size_t remaining;            /* bytes left of the body or of the chunk */
-    size_t head_bytes;           /* bytes of head read so far */
-    bool keep_alive;             /* may be reused after this response */
-    bool got_bytes;              /* any byte of the current response arrived */
+    size_t remaining;  /* bytes left of the body or of the chunk */
+    size_t head_bytes; /* bytes of head read so far */
+    bool keep_alive;   /* may be reused after this response */
+    bool got_bytes;    /* any byte of the current response arrived */
 };
 TAILQ_HEAD(uconn_list, uconn);
 
@@ -91,12 +91,12 @@ TAILQ_HEAD(uconn_list, uconn);
 struct uexchange {
     TAILQ_ENTRY(uexchange) link; /* in pool->waiting while queued */
     struct upstream_pool *pool;
-    struct uconn *conn;          /* set while a connection serves it */
-    struct evbuffer *wire;       /* the serialised request, kept for one retry */
-    bool head_request;           /* HEAD: the answer has no body */
-    bool retryable;              /* idempotent: may be resent on a fresh connection */
+    struct uconn *conn;    /* set while a connection serves it */
+    struct evbuffer *wire; /* the serialised request, kept for one retry */
+    bool head_request;     /* HEAD: the answer has no body */
+    bool retryable;        /* idempotent: may be resent on a fresh connection */
     int attempts;
-    struct event *deadline;      /* the whole exchange must finish by then */
+    struct event *deadline; /* the whole exchange must finish by then */
     upstream_done_fn done;
     void *arg;
     struct upstream_response resp;
@@ -107,15 +107,15 @@ struct upstream_pool {
     struct event_base *base;
     struct evdns_base *dns;
     struct upstream_settings cfg;
-    char *host;                  /* owned copy of cfg.host */
-    char host_header[300];       /* "host" or "host:port" */
-    int open;                    /* connections not yet closed */
-    struct uconn_list idle;      /* most recently used first */
-    struct uconn_list busy;      /* resolving, connecting or serving */
-    struct uconn_list dead;      /* closed, waiting for the reaper */
+    char *host;             /* owned copy of cfg.host */
+    char host_header[300];  /* "host" or "host:port" */
+    int open;               /* connections not yet closed */
+    struct uconn_list idle; /* most recently used first */
+    struct uconn_list busy; /* resolving, connecting or serving */
+    struct uconn_list dead; /* closed, waiting for the reaper */
     struct uexchange_list waiting;
-    struct event *pump_ev;       /* hands waiting exchanges to connections */
-    struct event *reap_ev;       /* frees dead connections */
+    struct event *pump_ev; /* hands waiting exchanges to connections */
+    struct event *reap_ev; /* frees dead connections */
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -273,8 +273,8 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
         return; /* conn_close cancelled us; conn is on its way out */
     conn->dns = NULL;
     if (result != 0) {
-        snprintf(detail, sizeof(detail), "cannot resolve upstream host %s: %s",
-                 conn->pool->host, evutil_gai_strerror(result));
+        snprintf(detail, sizeof(detail), "cannot resolve upstream host %s: %s", conn->pool->host,
+                 evutil_gai_strerror(result));
         log_warn("upstream: %s", detail);
         conn_fail(conn, UPSTREAM_CONNECT_FAILED, detail);
         return;
@@ -407,8 +407,7 @@ static void conn_broken(struct uconn *conn, const char *why)
     struct uexchange *ex = conn->ex;
     char detail[256];
 
-    if (ex != NULL && !conn->got_bytes && conn->answered > 0 && ex->retryable &&
-        ex->attempts < 2) {
+    if (ex != NULL && !conn->got_bytes && conn->answered > 0 && ex->retryable && ex->attempts < 2) {
         /* A reused connection that the upstream had already closed: the
          * request never arrived, so sending it again is safe. */
         conn_detach(conn);
@@ -773,8 +772,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
             conn_try_connect(conn);
             return;
         }
-        snprintf(detail, sizeof(detail), "cannot connect to upstream %s:%d: %s",
-                 conn->pool->host, conn->pool->cfg.port,
+        snprintf(detail, sizeof(detail), "cannot connect to upstream %s:%d: %s", conn->pool->host,
+                 conn->pool->cfg.port,
                  saved_errno ? evutil_socket_error_to_string(saved_errno) : "connection failed");
         log_warn("upstream: %s", detail);
         conn_fail(conn, UPSTREAM_CONNECT_FAILED, detail);
@@ -816,8 +815,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
 
-    snprintf(detail, sizeof(detail), "upstream did not answer within %ld ms",
-             pool->cfg.timeout_ms);
+    snprintf(detail, sizeof(detail), "upstream did not answer within %ld ms", pool->cfg.timeout_ms);
     log_warn("upstream: %s", detail);
     if (ex->conn != NULL) {
         /* An answer may still arrive on this connection: it cannot be reused. */
@@ -845,10 +843,9 @@ struct upstream_pool *upstream_pool_new(struct event_base *base,
         snprintf(pool->host_header, sizeof(pool->host_header), "[%s]:%d", pool->host,
                  settings->port);
     else
-        snprintf(pool->host_header, sizeof(pool->host_header), "%s:%d", pool->host,
-                 settings->port);
-    pool->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        snprintf(pool->host_header, sizeof(pool->host_header), "%s:%d", pool->host, settings->port);
+    pool->dns =
+        evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (pool->dns == NULL) /* no resolv.conf: still resolve /etc/hosts and literals */
         pool->dns = evdns_base_new(base, 0);
     evdns_base_load_hosts(pool->dns, NULL);

@@ -30,9 +30,9 @@ enum upstream_result {
 /* A response as received. Owned by the exchange: valid only during the
  * done callback, unless the callback takes the body (see below). */
 struct upstream_response {
-    int status;                 /* HTTP status code */
-    struct evkeyvalq headers;   /* as received, hop-by-hop ones included */
-    struct evbuffer *body;      /* decoded (de-chunked) body; the callback may
+    int status;               /* HTTP status code */
+    struct evkeyvalq headers; /* as received, hop-by-hop ones included */
+    struct evbuffer *body;    /* decoded (de-chunked) body; the callback may
                                    evbuffer_add_buffer it away */
 };
 
@@ -42,9 +42,9 @@ typedef void (*upstream_done_fn)(enum upstream_result result, struct upstream_re
 
 /* Settings of a pool (copied). */
 struct upstream_settings {
-    const char *host;           /* name or address; SNI and certificate name */
+    const char *host; /* name or address; SNI and certificate name */
     int port;
-    SSL_CTX *tls;               /* borrowed; outlives the pool */
+    SSL_CTX *tls; /* borrowed; outlives the pool */
     int max_connections;
     long connect_timeout_ms;
     long timeout_ms;

@@ -151,8 +151,7 @@ int main(void)
                  "plain http upstream refused");
     expect_error("upstream = https://api.smartthings.com/v1\n", "upstream: invalid origin",
                  "upstream with a path refused");
-    expect_error("upstream_timeout = soon\n", "upstream_timeout: invalid duration",
-                 "bad duration");
+    expect_error("upstream_timeout = soon\n", "upstream_timeout: invalid duration", "bad duration");
     expect_error("max_connections = -4\n", "max_connections: invalid count", "bad count");
     expect_error("max_header_size = 12q\n", "max_header_size: invalid size", "bad size");
     expect_error("log_level = loud\n", "log_level: invalid level", "bad level");
@@ -161,8 +160,8 @@ int main(void)
     expect_error("this line has no equals sign\n", ":1: syntax error", "syntax error line");
     expect_error("token = abc\n", "client_keys", "shared token without client keys");
     expect_error("client_keys = ha:k1\n", "no shared credential", "client keys without a token");
-    expect_error("token = abc\ntoken_file = /etc/hostname\nclient_keys = a:b\n",
-                 "not both", "token and token_file together");
+    expect_error("token = abc\ntoken_file = /etc/hostname\nclient_keys = a:b\n", "not both",
+                 "token and token_file together");
     expect_error("token_file = /nonexistent/token\nclient_keys = a:b\n",
                  "token_file: cannot open /nonexistent/token", "missing token file");
     expect_error("upstream_ca = /nonexistent/ca.pem\n", "upstream_ca: cannot read",
@@ -175,8 +174,8 @@ int main(void)
     {
         struct config c2;
         char e2[512] = "";
-        bool ok = load_text("token = abc\nclient_keys = ha:sup3rsecret,nr:x y\n", &c2, e2,
-                            sizeof(e2));
+        bool ok =
+            load_text("token = abc\nclient_keys = ha:sup3rsecret,nr:x y\n", &c2, e2, sizeof(e2));
         tap_ok(!ok && strstr(e2, "sup3rsecret") == NULL && strstr(e2, "x y") == NULL,
                "a key never appears in an error message");
         config_free(&c2);

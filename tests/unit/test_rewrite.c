@@ -9,7 +9,7 @@
 #include "tap.h"
 
 #define FROM "https://api.smartthings.com"
-#define TO "http://127.0.0.1:8080"
+#define TO   "http://127.0.0.1:8080"
 
 /* Runs the rewrite; returns a malloc'd result, or NULL when unchanged. */
 static char *run(const char *in)
@@ -52,9 +52,10 @@ int main(void)
            "page=2\"}},\n \"items\": [{\"deviceId\":\"x\",\"href\":\"https://api.smartthings.com/"
            "keep\"}] }",
            "both links rewritten, spacing and other hrefs untouched");
-    expect("{\"_links\":{\"next\":{\"href\":\"https:\\/\\/api.smartthings.com\\/devices?page=1\"}}}",
-           "{\"_links\":{\"next\":{\"href\":\"http://127.0.0.1:8080\\/devices?page=1\"}}}",
-           "escaped slashes matched");
+    expect(
+        "{\"_links\":{\"next\":{\"href\":\"https:\\/\\/api.smartthings.com\\/devices?page=1\"}}}",
+        "{\"_links\":{\"next\":{\"href\":\"http://127.0.0.1:8080\\/devices?page=1\"}}}",
+        "escaped slashes matched");
     expect("{\"_links\":{\"next\":{\"href\":\"HTTPS://API.SmartThings.com:443/devices\"}}}",
            "{\"_links\":{\"next\":{\"href\":\"http://127.0.0.1:8080/devices\"}}}",
            "case and default port ignored");

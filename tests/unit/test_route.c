@@ -80,8 +80,8 @@ int main(void)
     expect_refused("http://user@proxy:8080/devices", ROUTE_FOREIGN_HOST);
     expect_refused("http://proxy:8081/devices", ROUTE_FOREIGN_HOST);
     /* a client that sends Host: evil.example cannot make evil.example "us" */
-    tap_is_int(route_parse("http://evil.example/devices", "127.0.0.1:8080", &r),
-               ROUTE_FOREIGN_HOST, "absolute-form judged against the listen address only");
+    tap_is_int(route_parse("http://evil.example/devices", "127.0.0.1:8080", &r), ROUTE_FOREIGN_HOST,
+               "absolute-form judged against the listen address only");
     route_free(&r);
     expect_refused("ftp://proxy:8080/devices", ROUTE_BAD_TARGET);
     expect_refused("api.smartthings.com:443", ROUTE_BAD_TARGET);
