@@ -61,6 +61,9 @@ static const struct option_def options[] = {
 
 #define OPTION_COUNT (sizeof(options) / sizeof(options[0]))
 
+_Static_assert(OPTION_COUNT <= sizeof(((struct config *)0)->sources) / sizeof(char *),
+               "struct config.sources is too small for the option table");
+
 const struct option_def *config_options(size_t *count)
 {
     *count = OPTION_COUNT;
@@ -75,6 +78,7 @@ void config_init(struct config *cfg)
 void config_free(struct config *cfg)
 {
     for (size_t i = 0; i < OPTION_COUNT; i++) {
+        xfree(cfg->sources[i]);
         enum option_type t = options[i].type;
         if (t == OPT_STRING || t == OPT_PATH || t == OPT_ADDR || t == OPT_ORIGIN ||
             t == OPT_CLIENT_KEYS) {
@@ -281,6 +285,27 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
     return true;
 }
 
+/* Records where opt was set ("FILE:LINE" or "environment STPROXY_X"). */
+static void note_source(struct config *cfg, const struct option_def *opt, const char *where)
+{
+    size_t i = (size_t)(opt - options);
+    free(cfg->sources[i]);
+    cfg->sources[i] = xstrdup(where);
+}
+
+/* "FILE:LINE: " or "environment STPROXY_X: " for the option named name, or
+ * "" when it has its default; for messages about settings that disagree. */
+static const char *source_of(const struct config *cfg, const char *name, char *buf, size_t len)
+{
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        if (strcmp(options[i].name, name) == 0 && cfg->sources[i] != NULL) {
+            snprintf(buf, len, "%s: ", cfg->sources[i]);
+            return buf;
+        }
+    }
+    return "";
+}
+
 static const struct option_def *option_find(const char *name)
 {
     for (size_t i = 0; i < OPTION_COUNT; i++)
@@ -334,6 +359,8 @@ static int file_handler(void *user, const char *section, const char *name, const
         fp->failed = true;
         return 0;
     }
+    snprintf(reason, sizeof(reason), "%s:%d", fp->path, fp->line);
+    note_source(fp->cfg, opt, reason);
     return 1;
 }
 
@@ -381,6 +408,8 @@ static bool load_environment(struct config *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "environment %s: %s", env, reason);
             return false;
         }
+        snprintf(reason, sizeof(reason), "environment %s", env);
+        note_source(cfg, &options[i], reason);
     }
     /* A misspelt variable would otherwise be ignored silently. */
     for (char **e = environ; *e != NULL; e++) {
@@ -407,7 +436,10 @@ static bool load_token_file(struct config *cfg, char *err, size_t errlen)
     FILE *f = fopen(cfg->token_file, "r");
 
     if (f == NULL) {
-        snprintf(err, errlen, "token_file: cannot open %s: %s", cfg->token_file, strerror(errno));
+        char where[1100];
+        snprintf(err, errlen, "%stoken_file: cannot open %s: %s",
+                 source_of(cfg, "token_file", where, sizeof(where)), cfg->token_file,
+                 strerror(errno));
         return false;
     }
     n = fread(buf, 1, sizeof(buf) - 1, f);
@@ -417,7 +449,9 @@ static bool load_token_file(struct config *cfg, char *err, size_t errlen)
     buf[n] = '\0';
     if (n == 0 || strpbrk(buf, " \t\r\n") != NULL) {
         memset(buf, 0, sizeof(buf));
-        snprintf(err, errlen, "token_file: %s must hold one token on one line", cfg->token_file);
+        char where[1100];
+        snprintf(err, errlen, "%stoken_file: %s must hold one token on one line",
+                 source_of(cfg, "token_file", where, sizeof(where)), cfg->token_file);
         return false;
     }
     cfg->token = xstrdup(buf);
@@ -425,29 +459,38 @@ static bool load_token_file(struct config *cfg, char *err, size_t errlen)
     return true;
 }
 
-/* Checks that settings agree with each other. */
+/* Checks that settings agree with each other. Messages start with where the
+ * setting that is refused was made. */
 static bool config_check(struct config *cfg, char *err, size_t errlen)
 {
+    char where[1100];
+
     if (cfg->token != NULL && cfg->token_file != NULL) {
-        snprintf(err, errlen, "token, token_file: set one or the other, not both");
+        snprintf(err, errlen, "%stoken_file: set token or token_file, not both",
+                 source_of(cfg, "token_file", where, sizeof(where)));
         return false;
     }
     if (cfg->token_file != NULL && !load_token_file(cfg, err, errlen))
         return false;
     if (cfg->token != NULL && cfg->client_keys == NULL) {
         snprintf(err, errlen,
-                 "client_keys: a shared credential is configured but no client "
-                 "keys; clients could not use it");
+                 "%s%s: a shared credential is configured but client_keys is not; clients "
+                 "could not use it",
+                 source_of(cfg, cfg->token_file ? "token_file" : "token", where, sizeof(where)),
+                 cfg->token_file ? "token_file" : "token");
         return false;
     }
     if (cfg->token == NULL && cfg->client_keys != NULL) {
         snprintf(err, errlen,
-                 "client_keys: set, but no shared credential (token or "
-                 "token_file) for them to map to");
+                 "%sclient_keys: set, but no shared credential (token or token_file) for them "
+                 "to map to",
+                 source_of(cfg, "client_keys", where, sizeof(where)));
         return false;
     }
     if (cfg->upstream_ca != NULL && access(cfg->upstream_ca, R_OK) != 0) {
-        snprintf(err, errlen, "upstream_ca: cannot read %s: %s", cfg->upstream_ca, strerror(errno));
+        snprintf(err, errlen, "%supstream_ca: cannot read %s: %s",
+                 source_of(cfg, "upstream_ca", where, sizeof(where)), cfg->upstream_ca,
+                 strerror(errno));
         return false;
     }
     if (cfg->upstream_timeout_ms >= 10000)

@@ -30,6 +30,9 @@ struct config {
     long upstream_connect_timeout_ms; /* TCP connect + TLS handshake */
     long upstream_timeout_ms;         /* whole upstream exchange after sending */
     long upstream_max_body_size;      /* bytes of an upstream answer */
+    char *sources[32];                /* where each option was last set, by table
+                                         index: "FILE:LINE", "environment
+                                         STPROXY_X"; NULL = default */
 };
 
 /* The kinds of value a setting can hold; each has one parser in config.c. */

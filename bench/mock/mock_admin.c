@@ -8,7 +8,7 @@
  *
  *   GET  /counters      {"total":N,"by_path":{"GET /devices":n},"by_token":{..},"by_status":{..}}
  *   POST /reset         zeroes the counters and forgets the last request; device state stays
- *   GET  /last-request  {"method","uri","headers":[[name,value],...],"body"}
+ *   GET  /last-request  {"method","uri","headers":[[name,value],...],"sni","body"}
  *   GET  /config        the current run-time config
  *   POST /config?k=v    changes it (all keys checked before any is applied)
  *   GET  /healthz       "ok"
@@ -20,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/bufferevent_ssl.h>
 #include <event2/keyvalq_struct.h> /* walking the request headers in order */
+#include <openssl/ssl.h>
 
 /* A string-keyed counter table that keeps first-seen order, so /counters lists keys in the
  * order requests first used them. Entries chain through indices, which survive realloc. */
@@ -199,7 +201,20 @@ static void admin_keep_request(struct evhttp_request *req)
         evbuffer_add(out, "]", 1);
         sep = ",";
     }
-    evbuffer_add_printf(out, "],\"body\":");
+    evbuffer_add_printf(out, "],\"sni\":");
+    /* The server name the client asked for in its TLS hello (null if none):
+     * lets tests check that the proxy sends SNI. */
+    {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+        struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+        SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+        const char *sni = ssl ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+        if (sni != NULL)
+            mock_json_cstr(out, sni);
+        else
+            evbuffer_add(out, "null", 4);
+    }
+    evbuffer_add_printf(out, ",\"body\":");
     /* pullup linearizes the input buffer in place; the API handler reads it the same way. */
     mock_json_string(out, body_len ? (const char *)evbuffer_pullup(body, -1) : "", body_len);
     evbuffer_add(out, "}", 1);

@@ -27,6 +27,7 @@ def test_get_both_path_styles(mock, start_proxy, prefix):
     assert last["uri"] == f"{prefix}/devices/{device}/status"
     assert header_values(last, "Authorization") == [f"Bearer {TOKEN}"]
     assert header_values(last, "Host") == [f"localhost:{mock.api_port}"]
+    assert last["sni"] == "localhost", "SNI names the upstream host"
     counters = mock.counters()
     assert counters["by_token"] == {TOKEN: 2}
 

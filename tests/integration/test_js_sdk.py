@@ -64,7 +64,8 @@ def test_sdk_shared_mode(start_mock, start_proxy, sdk_dir):
     mock = start_mock(devices=250, tokens=["the-shared-pat"])
     proxy = start_proxy(mock.origin, env={"STPROXY_TOKEN": "the-shared-pat",
                                           "STPROXY_CLIENT_KEYS": "sdk:sdk-client-key-1"})
-    result = run_sdk(sdk_dir, f"http://localhost:{proxy.port}", "sdk-client-key-1")
+    # 127.0.0.1, not localhost: Node 18 tries ::1 first and the proxy listens on IPv4
+    result = run_sdk(sdk_dir, f"http://127.0.0.1:{proxy.port}", "sdk-client-key-1")
     check_result(result, 250)
     assert mock.counters()["by_token"].keys() == {"the-shared-pat"}
 

@@ -33,6 +33,29 @@ def test_certificate_for_another_name_gives_502(start_mock, start_proxy, pki):
 def test_ip_address_upstream_checks_the_ip_san(mock, start_proxy, pki):
     proxy = start_proxy(f"https://127.0.0.1:{mock.api_port}")
     assert proxy.request("GET", "/locations", token="tok").status == 200
+    assert mock.last_request()["sni"] is None, "no SNI for an address (RFC 6066)"
+
+
+def test_handshake_that_never_finishes_hits_the_connect_timeout(start_proxy):
+    """A host that accepts TCP but never speaks TLS: upstream_connect_timeout
+    ends the attempt, well before upstream_timeout."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        proxy = start_proxy(f"https://localhost:{port}",
+                            env={"STPROXY_UPSTREAM_CONNECT_TIMEOUT": "400ms",
+                                 "STPROXY_UPSTREAM_TIMEOUT": "6s"})
+        started = time.monotonic()
+        resp = proxy.request("GET", "/devices", token="tok")
+        elapsed = time.monotonic() - started
+        assert resp.status == 504
+        assert "connecting to the upstream took longer than 400 ms" in resp.json()["error"]["message"]
+        assert elapsed < 3, "the connect timeout, not the answer deadline, ended it"
+    finally:
+        silent.close()
 
 
 def test_upstream_timeout_gives_504(start_mock, start_proxy):

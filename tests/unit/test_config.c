@@ -158,8 +158,12 @@ int main(void)
     expect_error("[section]\nlisten = 127.0.0.1:1\n", "[section]: sections are not used",
                  "sections refused");
     expect_error("this line has no equals sign\n", ":1: syntax error", "syntax error line");
-    expect_error("token = abc\n", "client_keys", "shared token without client keys");
-    expect_error("client_keys = ha:k1\n", "no shared credential", "client keys without a token");
+    expect_error("# shared\ntoken = abc\n",
+                 ":2: token: a shared credential is configured but "
+                 "client_keys is not",
+                 "shared token without client keys, with its line");
+    expect_error("\n\nclient_keys = ha:k1\n", ":3: client_keys: set, but no shared credential",
+                 "client keys without a token, with its line");
     expect_error("token = abc\ntoken_file = /etc/hostname\nclient_keys = a:b\n", "not both",
                  "token and token_file together");
     expect_error("token_file = /nonexistent/token\nclient_keys = a:b\n",
