@@ -1,6 +1,7 @@
 /*
  * admin.h: the admin listener's handler: /healthz (the process answers),
- * /readyz (it should be sent traffic) and /metrics (Prometheus text).
+ * /readyz (it should be sent traffic, and whether Redis is in use),
+ * /metrics (Prometheus text) and POST /purge (drop cached entries).
  * The admin listener binds to loopback unless told otherwise.
  */
 #ifndef STPROXY_ADMIN_H
@@ -10,8 +11,13 @@
 
 struct evhttp_request;
 struct admin;
+struct cache;
+struct cache_redis;
+struct credential_store;
 
-struct admin *admin_new(void);
+/* All borrowed; redis may be NULL. */
+struct admin *admin_new(struct cache *cache, struct cache_redis *redis,
+                        const struct credential_store *credentials);
 void admin_free(struct admin *adm);
 /* Marks the process as draining: /readyz answers 503 from then on. */
 void admin_set_draining(struct admin *adm);

@@ -57,6 +57,29 @@ static const struct option_def options[] = {
         "whole upstream answer after the request is sent; then 504"),
     OPT("upstream_max_body_size", OPT_SIZE, upstream_max_body_size, "16m", false, false,
         "largest upstream answer body; larger gives 502"),
+    OPT("redis", OPT_REDIS_URL, redis, NULL, false, true,
+        "redis://[:password@]host:port[/db] or unix:/path; unset = embedded cache only"),
+    OPT("redis_timeout", OPT_DURATION, redis_timeout_ms, "500ms", false, false,
+        "a Redis command or connect taking longer counts as a Redis failure"),
+    OPT("cache_max_bytes", OPT_SIZE, cache_max_bytes, "64m", false, false,
+        "memory bound of the embedded cache (least recently used entries go first)"),
+    OPT("cache_not_found", OPT_DURATION0, cache_not_found_ms, "10s", true, false,
+        "how long a 404 answer is cached; 0 = never"),
+#define POLICY(cls, name, def, doc)                                                                \
+    OPT("cache_" name, OPT_POLICY, policies[ROUTE_##cls], def, true, false, doc)
+    POLICY(DEVICES, "devices", "30s,300s", "device lists: FRESH,STALE"),
+    POLICY(DEVICE, "device", "300s,3600s", "device descriptions: FRESH,STALE"),
+    POLICY(DEVICE_STATUS, "device_status", "5s,30s", "full device status: FRESH,STALE"),
+    POLICY(COMPONENT_STATUS, "component_status", "5s,30s", "one component's status"),
+    POLICY(CAPABILITY_STATUS, "capability_status", "5s,30s", "one capability's status"),
+    POLICY(DEVICE_HEALTH, "device_health", "30s,120s", "device health (online/offline)"),
+    POLICY(LOCATIONS, "locations", "300s,3600s", "locations"),
+    POLICY(ROOMS, "rooms", "300s,3600s", "rooms"),
+    POLICY(MODES, "modes", "10s,60s", "location modes, including the current mode"),
+    POLICY(SCENES, "scenes", "300s,3600s", "scene lists"),
+    POLICY(CAPABILITIES, "capabilities", "3600s,86400s", "capability definitions"),
+    POLICY(PRESENTATION, "presentation", "3600s,86400s", "presentation definitions"),
+#undef POLICY
 };
 
 #define OPTION_COUNT (sizeof(options) / sizeof(options[0]))
@@ -81,7 +104,7 @@ void config_free(struct config *cfg)
         xfree(cfg->sources[i]);
         enum option_type t = options[i].type;
         if (t == OPT_STRING || t == OPT_PATH || t == OPT_ADDR || t == OPT_ORIGIN ||
-            t == OPT_CLIENT_KEYS) {
+            t == OPT_CLIENT_KEYS || t == OPT_REDIS_URL) {
             char **slot = (char **)((char *)cfg + options[i].offset);
             if (options[i].secret && *slot != NULL)
                 memset(*slot, 0, strlen(*slot));
@@ -153,6 +176,58 @@ bool config_parse_origin(const char *text, char **host, int *port)
     return ok;
 }
 
+void config_redis_address_free(struct redis_address *addr)
+{
+    free(addr->host);
+    free(addr->path);
+    if (addr->password != NULL)
+        memset(addr->password, 0, strlen(addr->password));
+    free(addr->password);
+    memset(addr, 0, sizeof(*addr));
+}
+
+bool config_parse_redis(const char *text, struct redis_address *out)
+{
+    const char *p, *at, *slash;
+    char *hostport;
+    bool ok;
+
+    memset(out, 0, sizeof(*out));
+    if (strncmp(text, "unix:", 5) == 0) {
+        if (text[5] != '/')
+            return false;
+        out->path = xstrdup(text + 5);
+        return true;
+    }
+    if (strncmp(text, "redis://", 8) != 0)
+        return false;
+    p = text + 8;
+    slash = strchr(p, '/');
+    at = strchr(p, '@');
+    if (at != NULL && (slash == NULL || at < slash)) {
+        /* userinfo: ":password" or "user:password" (the user is ignored) */
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon == NULL || colon + 1 == at)
+            return false;
+        out->password = xstrndup(colon + 1, (size_t)(at - colon - 1));
+        p = at + 1;
+    }
+    slash = strchr(p, '/');
+    hostport = slash ? xstrndup(p, (size_t)(slash - p)) : xstrdup(p);
+    ok = config_parse_hostport(hostport, &out->host, &out->port) && out->host[0] != '\0' &&
+         out->port > 0;
+    free(hostport);
+    if (ok && slash != NULL && slash[1] != '\0') {
+        char *end;
+        long db = strtol(slash + 1, &end, 10);
+        ok = *end == '\0' && db >= 0 && db < 1000 && isdigit((unsigned char)slash[1]);
+        out->db = (int)db;
+    }
+    if (!ok)
+        config_redis_address_free(out);
+    return ok;
+}
+
 /* Parses "<n>[k|m|g]" into bytes. */
 static bool parse_size(const char *text, long *out)
 {
@@ -190,14 +265,15 @@ static bool parse_size(const char *text, long *out)
 }
 
 /* Parses "<n>ms", "<n>s", "<n>m" or a bare number of seconds into ms. */
-static bool parse_duration(const char *text, long *out)
+static bool parse_duration(const char *text, long *out, bool zero_ok)
 {
     char *end;
     long long v, mult;
 
     errno = 0;
     v = strtoll(text, &end, 10);
-    if (end == text || errno != 0 || v <= 0)
+    if (end == text || errno != 0 || v < 0 || (v == 0 && !zero_ok) ||
+        !isdigit((unsigned char)*text))
         return false;
     if (strcmp(end, "ms") == 0)
         mult = 1;
@@ -263,11 +339,47 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
         }
         return true;
     case OPT_DURATION:
-        if (!parse_duration(value, (long *)slot)) {
+    case OPT_DURATION0:
+        if (!parse_duration(value, (long *)slot, opt->type == OPT_DURATION0)) {
             snprintf(err, errlen, "invalid duration \"%s\" (expected e.g. 500ms, 8s or 2m)", value);
             return false;
         }
         return true;
+    case OPT_POLICY: {
+        struct cache_policy *p = slot;
+        char fresh[64];
+        const char *comma = strchr(value, ',');
+        size_t flen = comma ? (size_t)(comma - value) : strlen(value);
+        if (flen >= sizeof(fresh))
+            flen = sizeof(fresh) - 1;
+        memcpy(fresh, value, flen);
+        fresh[flen] = '\0';
+        if (!parse_duration(fresh, &p->fresh_ms, true) ||
+            (comma != NULL && !parse_duration(comma + 1, &p->stale_ms, true))) {
+            snprintf(err, errlen,
+                     "invalid policy \"%s\" (expected FRESH[,STALE] durations, e.g. 5s,30s; 0 = "
+                     "not cached)",
+                     value);
+            return false;
+        }
+        if (comma == NULL)
+            p->stale_ms = 0;
+        if (p->fresh_ms == 0)
+            p->stale_ms = 0;
+        return true;
+    }
+    case OPT_REDIS_URL: {
+        struct redis_address addr;
+        if (!config_parse_redis(value, &addr)) {
+            /* The value may hold a password: never echo it. */
+            snprintf(err, errlen,
+                     "invalid Redis address (expected redis://[:password@]host:port[/db] or "
+                     "unix:/path)");
+            return false;
+        }
+        config_redis_address_free(&addr);
+        break;
+    }
     case OPT_LOG_LEVEL:
         if (!log_level_parse(value, (enum log_level *)slot)) {
             snprintf(err, errlen, "invalid level \"%s\" (expected error, warn, info or debug)",

@@ -11,6 +11,13 @@
 #include <stddef.h>
 
 #include "log.h"
+#include "route.h"
+
+/* How long answers of one path class are kept. */
+struct cache_policy {
+    long fresh_ms; /* served as HIT this long after it was fetched; 0 = not cached */
+    long stale_ms; /* then served as STALE (and refreshed) this much longer */
+};
 
 /* The parsed settings. Strings are owned by the struct (config_free). */
 struct config {
@@ -30,7 +37,12 @@ struct config {
     long upstream_connect_timeout_ms; /* TCP connect + TLS handshake */
     long upstream_timeout_ms;         /* whole upstream exchange after sending */
     long upstream_max_body_size;      /* bytes of an upstream answer */
-    char *sources[32];                /* where each option was last set, by table
+    char *redis;                      /* redis://... or unix:/path; NULL = embedded */
+    long redis_timeout_ms;            /* one Redis command, or a connect */
+    long cache_max_bytes;             /* embedded store bound */
+    long cache_not_found_ms;          /* fresh TTL of a 404; 0 = not cached */
+    struct cache_policy policies[ROUTE_CLASS_COUNT]; /* by path class */
+    char *sources[64];                               /* where each option was last set, by table
                                          index: "FILE:LINE", "environment
                                          STPROXY_X"; NULL = default */
 };
@@ -46,6 +58,9 @@ enum option_type {
     OPT_DURATION,    /* milliseconds; suffix ms, s or m (bare number = seconds) */
     OPT_LOG_LEVEL,   /* error|warn|info|debug */
     OPT_CLIENT_KEYS, /* name:key,name:key */
+    OPT_REDIS_URL,   /* redis://[:password@]host:port[/db] or unix:/path */
+    OPT_POLICY,      /* FRESH[,STALE] durations; 0 = not cached */
+    OPT_DURATION0,   /* a duration that may be 0 */
 };
 
 /* One row of the option table. */
@@ -75,6 +90,18 @@ bool config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 /* Splits "host:port" / "[v6]:port"; *host is malloc'd. */
 bool config_parse_hostport(const char *text, char **host, int *port)
     __attribute__((warn_unused_result));
+/* A parsed STPROXY_REDIS. */
+struct redis_address {
+    char *host; /* NULL for a unix socket */
+    int port;
+    char *path;     /* unix socket path, or NULL */
+    char *password; /* NULL when none */
+    int db;
+};
+bool config_parse_redis(const char *text, struct redis_address *out)
+    __attribute__((warn_unused_result));
+void config_redis_address_free(struct redis_address *addr);
+
 /* Splits "https://host[:port][/]"; *host is malloc'd; port defaults to 443. */
 bool config_parse_origin(const char *text, char **host, int *port)
     __attribute__((warn_unused_result));

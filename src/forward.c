@@ -21,7 +21,10 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "cache.h"
+#include "config.h"
 #include "credential.h"
+#include "flight.h"
 #include "forward.h"
 #include "log.h"
 #include "mem.h"
@@ -34,15 +37,17 @@
 struct forward {
     char *upstream_origin;
     char *listen_address;
-    struct upstream_pool *pool;
-    const struct credential_store *credentials;
+    const struct config *config;
+    struct forward_parts parts;
     int in_flight;
 };
 
 /* Where a client request is on its way through the proxy. */
 enum preq_state {
     PREQ_RECEIVED, /* parsed, being checked */
-    PREQ_UPSTREAM, /* waiting for the upstream's answer */
+    PREQ_LOOKUP,   /* a read asking the cache */
+    PREQ_FLIGHT,   /* a read waiting on a flight (its own fetch or another's) */
+    PREQ_UPSTREAM, /* a write (or uncacheable read) waiting for the upstream */
     PREQ_ANSWERED, /* answer sent; about to be freed */
 };
 
@@ -58,6 +63,7 @@ struct proxy_request {
     struct timespec started;
     double upstream_seconds;  /* < 0 when the upstream was not asked */
     const char *cache_status; /* X-Cache value, for the log */
+    char *cache_key;          /* reads: route_cache_key; else NULL */
 };
 
 /* Request headers that belong to one connection, or that we set ourselves. */
@@ -199,6 +205,7 @@ static void preq_finish(struct proxy_request *pr, int status)
     pr->state = PREQ_ANSWERED;
     pr->fwd->in_flight--;
     route_free(&pr->route);
+    free(pr->cache_key);
     free(pr);
 }
 
@@ -208,41 +215,44 @@ static void preq_fail(struct proxy_request *pr, int status, const char *code, co
     preq_finish(pr, status);
 }
 
-/* Sends the upstream's answer to the client. */
-static void answer_from_upstream(struct proxy_request *pr, struct upstream_response *resp)
+/*
+ * Sends an answer: status, the upstream's end-to-end headers (or just a
+ * Content-Type for a cached answer), the body with links rewritten for this
+ * client, X-Cache and, for cached answers, Age. The body is not changed.
+ */
+static void send_answer(struct proxy_request *pr, int status, const struct evkeyvalq *headers,
+                        const char *content_type, const char *body, size_t len, long age_s)
 {
     struct evkeyvalq *out_headers = evhttp_request_get_output_headers(pr->req);
-    const char *ctype = evhttp_find_header(&resp->headers, "Content-Type");
-    struct evbuffer *body = resp->body, *rewritten = NULL;
-    size_t len = evbuffer_get_length(body);
+    const char *ctype = headers ? evhttp_find_header(headers, "Content-Type") : content_type;
+    const char *encoding = headers ? evhttp_find_header(headers, "Content-Encoding") : NULL;
+    struct evbuffer *out = evbuffer_new();
+    char age[24];
 
-    copy_headers(&resp->headers, out_headers, response_skip);
-    if (len > 0 && ctype != NULL && strstr(ctype, "json") != NULL &&
-        evhttp_find_header(&resp->headers, "Content-Encoding") == NULL) {
-        rewritten = evbuffer_new();
-        if (rewrite_links((const char *)evbuffer_pullup(body, -1), len, pr->fwd->upstream_origin,
-                          pr->client_origin, rewritten))
-            body = rewritten;
-    }
+    if (headers != NULL)
+        copy_headers(headers, out_headers, response_skip);
+    else if (content_type != NULL)
+        evhttp_add_header(out_headers, "Content-Type", content_type);
+    if (len == 0 || ctype == NULL || strstr(ctype, "json") == NULL || encoding != NULL ||
+        !rewrite_links(body, len, pr->fwd->upstream_origin, pr->client_origin, out))
+        evbuffer_add(out, body, len);
     evhttp_add_header(out_headers, "X-Cache", pr->cache_status);
-    evhttp_send_reply(pr->req, resp->status, reply_reason(resp->status), body);
-    if (rewritten != NULL)
-        evbuffer_free(rewritten);
-    preq_finish(pr, resp->status);
+    if (age_s >= 0) {
+        snprintf(age, sizeof(age), "%ld", age_s);
+        evhttp_add_header(out_headers, "Age", age);
+    }
+    evhttp_send_reply(pr->req, status, reply_reason(status), out);
+    evbuffer_free(out);
+    preq_finish(pr, status);
 }
 
-static void upstream_done(enum upstream_result result, struct upstream_response *resp,
-                          const char *detail, void *arg)
+/* Answers with a 502 or 504 for an upstream that failed. */
+static void answer_upstream_failure(struct proxy_request *pr, enum upstream_result result,
+                                    const char *detail)
 {
-    struct proxy_request *pr = arg;
     char message[300];
 
-    pr->upstream_seconds = seconds_since(&pr->started);
-    metrics_observe(METRIC_UPSTREAM_DURATION, pr->upstream_seconds);
     switch (result) {
-    case UPSTREAM_OK:
-        answer_from_upstream(pr, resp);
-        return;
     case UPSTREAM_TIMEOUT:
         snprintf(message, sizeof(message), "The SmartThings API did not answer in time: %s",
                  detail);
@@ -253,43 +263,176 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
                  "The proxy could not verify the SmartThings API's identity: %s", detail);
         preq_fail(pr, 502, "BadGatewayError", message);
         return;
+    case UPSTREAM_OK:
     case UPSTREAM_CONNECT_FAILED:
     case UPSTREAM_BAD_RESPONSE:
     case UPSTREAM_TOO_LARGE:
-        snprintf(message, sizeof(message), "The SmartThings API could not be used: %s", detail);
-        preq_fail(pr, 502, "BadGatewayError", message);
+        break;
+    }
+    snprintf(message, sizeof(message), "The SmartThings API could not be used: %s", detail);
+    preq_fail(pr, 502, "BadGatewayError", message);
+}
+
+/* A write succeeded: drop the cached reads it made stale. */
+static void invalidate_after_write(struct proxy_request *pr, int status)
+{
+    struct cache *cache = pr->fwd->parts.cache;
+    char device[ROUTE_ID_MAX];
+
+    if (status < 200 || status > 299)
         return;
+    if (pr->route.cls == ROUTE_DEVICE_COMMANDS && pr->route.device_id[0] != '\0') {
+        route_key_device(pr->route.device_id, device);
+        cache_invalidate_device(cache, pr->cred.id, device);
+    } else if (pr->route.cls == ROUTE_SCENE_EXECUTE) {
+        cache_invalidate_status(cache, pr->cred.id);
     }
 }
 
-/* Builds the upstream request and sends it. */
+static void upstream_done(enum upstream_result result, struct upstream_response *resp,
+                          const char *detail, void *arg)
+{
+    struct proxy_request *pr = arg;
+
+    pr->upstream_seconds = seconds_since(&pr->started);
+    metrics_observe(METRIC_UPSTREAM_DURATION, pr->upstream_seconds);
+    if (result != UPSTREAM_OK) {
+        answer_upstream_failure(pr, result, detail);
+        return;
+    }
+    invalidate_after_write(pr, resp->status);
+    send_answer(pr, resp->status, &resp->headers, NULL,
+                (const char *)evbuffer_pullup(resp->body, -1), evbuffer_get_length(resp->body), -1);
+}
+
+#define TOKEN_MAX 8192 /* longer bearer tokens are refused on arrival */
+
+/* Fills headers with what goes upstream: the client's end-to-end headers
+ * and the credential's Authorization. */
+static void upstream_headers(struct proxy_request *pr, struct evkeyvalq *headers)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(pr->req);
+    char auth[TOKEN_MAX + 8];
+
+    TAILQ_INIT(headers);
+    copy_headers(in, headers, request_skip);
+    snprintf(auth, sizeof(auth), "Bearer %.*s", (int)pr->cred.token_len, pr->cred.token);
+    evhttp_add_header(headers, "Authorization", auth);
+    memset(auth, 0, sizeof(auth));
+}
+
+/* The path and query to send upstream, as the client sent them. malloc'd. */
+static char *upstream_target(const struct proxy_request *pr)
+{
+    size_t len = strlen(pr->route.path) + (pr->route.query ? strlen(pr->route.query) + 1 : 0) + 1;
+    char *target = xmalloc(len);
+    snprintf(target, len, "%s%s%s", pr->route.path, pr->route.query ? "?" : "",
+             pr->route.query ? pr->route.query : "");
+    return target;
+}
+
+static void clear_headers(struct evkeyvalq *headers)
+{
+    struct evkeyval *h;
+    /* They hold the upstream token: wipe before freeing. */
+    TAILQ_FOREACH(h, headers, next)
+    memset(h->value, 0, strlen(h->value));
+    evhttp_clear_headers(headers);
+}
+
+/* Sends a request that is not cached straight upstream. */
 static void send_upstream(struct proxy_request *pr)
 {
     struct evkeyvalq headers;
-    struct evkeyvalq *in = evhttp_request_get_input_headers(pr->req);
-    char auth[8192 + 8];
     char *target;
-    size_t tlen;
 
-    TAILQ_INIT(&headers);
-    copy_headers(in, &headers, request_skip);
-    if (pr->cred.token_len > sizeof(auth) - 8) {
-        evhttp_clear_headers(&headers);
-        preq_fail(pr, 400, "BadRequestError", "The bearer token is too long");
+    upstream_headers(pr, &headers);
+    target = upstream_target(pr);
+    pr->state = PREQ_UPSTREAM;
+    upstream_send(pr->fwd->parts.pool, pr->method, target, &headers,
+                  evhttp_request_get_input_buffer(pr->req), upstream_done, pr);
+    clear_headers(&headers);
+    free(target);
+}
+
+/* ---- reads through the cache -------------------------------------------- */
+
+static void flight_done(const struct flight_answer *answer, void *arg)
+{
+    struct proxy_request *pr = arg;
+
+    pr->upstream_seconds = seconds_since(&pr->started);
+    if (answer->result != UPSTREAM_OK) {
+        answer_upstream_failure(pr, answer->result, answer->detail);
         return;
     }
-    snprintf(auth, sizeof(auth), "Bearer %.*s", (int)pr->cred.token_len, pr->cred.token);
-    evhttp_add_header(&headers, "Authorization", auth);
-    tlen = strlen(pr->route.path) + (pr->route.query ? strlen(pr->route.query) + 1 : 0) + 1;
-    target = xmalloc(tlen);
-    snprintf(target, tlen, "%s%s%s", pr->route.path, pr->route.query ? "?" : "",
-             pr->route.query ? pr->route.query : "");
-    pr->state = PREQ_UPSTREAM;
-    upstream_send(pr->fwd->pool, pr->method, target, &headers,
-                  evhttp_request_get_input_buffer(pr->req), upstream_done, pr);
-    memset(auth, 0, sizeof(auth));
-    evhttp_clear_headers(&headers);
+    send_answer(pr, answer->status, answer->headers, NULL,
+                (const char *)evbuffer_pullup(answer->body, -1), evbuffer_get_length(answer->body),
+                -1);
+}
+
+/* Starts (or joins) the fetch of this read, or a background refresh. */
+static void start_flight(struct proxy_request *pr, bool background)
+{
+    const struct config *cfg = pr->fwd->config;
+    struct flight_spec spec;
+    struct evkeyvalq headers;
+    char device[ROUTE_ID_MAX];
+    char *target;
+
+    upstream_headers(pr, &headers);
+    target = upstream_target(pr);
+    if (pr->route.device_id[0] != '\0')
+        route_key_device(pr->route.device_id, device);
+    memset(&spec, 0, sizeof(spec));
+    spec.target = target;
+    spec.headers = &headers;
+    spec.policy = cfg->policies[pr->route.cls];
+    spec.not_found_ms = cfg->cache_not_found_ms;
+    spec.tags.cred = pr->cred.id;
+    spec.tags.device = pr->route.device_id[0] != '\0' ? device : NULL;
+    spec.tags.is_status = route_is_status(pr->route.cls);
+    if (background) {
+        flight_refresh(pr->fwd->parts.flights, pr->cache_key, &spec);
+    } else {
+        pr->state = PREQ_FLIGHT;
+        flight_join(pr->fwd->parts.flights, pr->cache_key, &spec, flight_done, pr);
+    }
+    clear_headers(&headers);
     free(target);
+}
+
+static void lookup_done(struct cache_entry *entry, void *arg)
+{
+    struct proxy_request *pr = arg;
+    uint64_t now = cache_now_ms();
+    enum cache_freshness freshness = entry ? cache_entry_freshness(entry, now) : CACHE_EXPIRED;
+
+    if (freshness == CACHE_EXPIRED) {
+        cache_entry_free(entry);
+        pr->cache_status = "MISS";
+        metrics_inc(METRIC_CACHE_MISSES);
+        start_flight(pr, false);
+        return;
+    }
+    if (freshness == CACHE_STALE) {
+        /* Answer now; the refresh runs on (it owns copies of what it needs). */
+        pr->cache_status = "STALE";
+        metrics_inc(METRIC_CACHE_STALE);
+        start_flight(pr, true);
+    } else {
+        pr->cache_status = "HIT";
+        metrics_inc(METRIC_CACHE_HITS);
+    }
+    send_answer(pr, entry->status, NULL, entry->content_type, entry->body, entry->body_len,
+                (long)((now > entry->stored_ms ? now - entry->stored_ms : 0) / 1000));
+    cache_entry_free(entry);
+}
+
+/* True for reads whose path class has a cache policy. */
+static bool is_cacheable(const struct proxy_request *pr, enum evhttp_cmd_type cmd)
+{
+    return cmd == EVHTTP_REQ_GET && pr->fwd->config->policies[pr->route.cls].fresh_ms > 0;
 }
 
 void forward_handle(struct evhttp_request *req, void *arg)
@@ -327,28 +470,40 @@ void forward_handle(struct evhttp_request *req, void *arg)
                   route_status_reason(rs));
         return;
     }
-    cs = credential_resolve(fwd->credentials, evhttp_find_header(in, "Authorization"), &pr->cred);
+    cs = credential_resolve(fwd->parts.credentials, evhttp_find_header(in, "Authorization"),
+                            &pr->cred);
     if (cs != CREDENTIAL_OK) {
         metrics_inc(METRIC_AUTH_REJECTED);
         preq_fail(pr, 401, "UnauthorizedError",
-                  fwd->credentials->mode == CREDENTIAL_SHARED
+                  fwd->parts.credentials->mode == CREDENTIAL_SHARED
                       ? "Unknown or missing client key: send Authorization: Bearer <client key>"
                       : "Missing bearer token: send Authorization: Bearer <SmartThings token>");
         return;
     }
-    /* Nothing is cached yet: reads come from the upstream, writes bypass. */
-    pr->cache_status = (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) ? "MISS" : "BYPASS";
+    if (pr->cred.token_len > TOKEN_MAX) {
+        preq_fail(pr, 400, "BadRequestError", "The bearer token is too long");
+        return;
+    }
+    if (is_cacheable(pr, cmd)) {
+        pr->cache_key =
+            route_cache_key(&pr->route, "GET", pr->cred.id, evhttp_find_header(in, "Accept"));
+        pr->state = PREQ_LOOKUP;
+        cache_lookup(fwd->parts.cache, pr->cache_key, lookup_done, pr);
+        return;
+    }
+    pr->cache_status = "BYPASS";
+    metrics_inc(METRIC_CACHE_BYPASS);
     send_upstream(pr);
 }
 
-struct forward *forward_new(const struct forward_settings *settings, struct upstream_pool *pool,
-                            const struct credential_store *credentials)
+struct forward *forward_new(const struct forward_settings *settings,
+                            const struct forward_parts *parts)
 {
     struct forward *fwd = xcalloc(1, sizeof(*fwd));
     fwd->upstream_origin = xstrdup(settings->upstream_origin);
     fwd->listen_address = xstrdup(settings->listen_address);
-    fwd->pool = pool;
-    fwd->credentials = credentials;
+    fwd->config = settings->config;
+    fwd->parts = *parts;
     return fwd;
 }
 

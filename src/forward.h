@@ -1,8 +1,10 @@
 /*
  * forward.h: the request path of the client listener. One client request
  * becomes one proxy_request: its target is checked and classified (route),
- * its credential resolved (credential), it is sent upstream (upstream), and
- * the answer is edited (rewrite) and returned with an access log line.
+ * its credential resolved (credential); a read is answered from the cache
+ * or joins a flight (cache, flight), anything else goes straight upstream
+ * (upstream); the answer is edited (rewrite) and returned with an access
+ * log line.
  */
 #ifndef STPROXY_FORWARD_H
 #define STPROXY_FORWARD_H
@@ -13,16 +15,28 @@ struct event_base;
 struct evhttp_request;
 struct upstream_pool;
 struct credential_store;
+struct cache;
+struct flights;
+struct config;
 struct forward;
 
 /* Settings the request path needs, copied at creation. */
 struct forward_settings {
     const char *upstream_origin; /* canonical "https://host[:port]" */
     const char *listen_address;  /* used for links when a client sends no Host */
+    const struct config *config; /* cache policies; must outlive the forward */
 };
 
-struct forward *forward_new(const struct forward_settings *settings, struct upstream_pool *pool,
-                            const struct credential_store *credentials);
+/* The parts of the request path; borrowed, they outlive the forward. */
+struct forward_parts {
+    struct upstream_pool *pool;
+    const struct credential_store *credentials;
+    struct cache *cache;
+    struct flights *flights;
+};
+
+struct forward *forward_new(const struct forward_settings *settings,
+                            const struct forward_parts *parts);
 void forward_free(struct forward *fwd);
 
 /* The client listener's handler (server_handler_fn). */

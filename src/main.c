@@ -14,8 +14,11 @@
 #include <openssl/ssl.h>
 
 #include "admin.h"
+#include "cache.h"
+#include "cache_redis.h"
 #include "config.h"
 #include "credential.h"
+#include "flight.h"
 #include "forward.h"
 #include "janitor.h"
 #include "log.h"
@@ -35,6 +38,9 @@ struct process {
     SSL_CTX *tls;
     struct event_base *base;
     struct upstream_pool *pool;
+    struct cache_redis *redis; /* NULL without STPROXY_REDIS */
+    struct cache *cache;
+    struct flights *flights;
     struct forward *fwd;
     struct admin *admin;
     struct server *client;
@@ -75,12 +81,12 @@ static void print_versions(void)
     printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
-static void sweep_listeners(uint64_t now_ms, void *arg)
+static void housekeeping(uint64_t now_ms, void *arg)
 {
     struct process *p = arg;
-    (void)now_ms;
     server_sweep(p->client);
     server_sweep(p->admin_server);
+    cache_housekeeping(p->cache, now_ms);
 }
 
 static void drain_check(evutil_socket_t fd, short what, void *arg)
@@ -130,6 +136,7 @@ static bool process_start(struct process *p, char *err, size_t errlen)
 {
     struct upstream_settings us;
     struct forward_settings fs;
+    struct forward_parts parts;
     struct server_limits client_limits, admin_limits;
     char *host = NULL;
     int port;
@@ -154,6 +161,26 @@ static bool process_start(struct process *p, char *err, size_t errlen)
     us.max_body = (size_t)p->cfg.upstream_max_body_size;
     p->pool = upstream_pool_new(p->base, &us);
 
+    if (p->cfg.redis != NULL) {
+        struct redis_address addr;
+        if (!config_parse_redis(p->cfg.redis, &addr)) {
+            snprintf(err, errlen, "redis: invalid address");
+            free(host);
+            return false;
+        }
+        /* Fill messages reach the flights, which exist before the first
+         * message can arrive (the connection completes on the loop). */
+        p->redis = cache_redis_new(p->base, &addr, p->cfg.redis_timeout_ms, FLIGHT_FILL_CHANNEL,
+                                   flights_on_fill, NULL);
+        config_redis_address_free(&addr);
+    }
+    p->cache = cache_new(p->redis, (size_t)p->cfg.cache_max_bytes);
+    /* A fetcher that dies holds others back at most one upstream timeout. */
+    p->flights =
+        flights_new(p->base, p->pool, p->cache, p->redis, p->cfg.upstream_timeout_ms + 2000);
+    if (p->redis != NULL)
+        cache_redis_set_message_arg(p->redis, p->flights);
+
     /* Links are matched against the canonical origin: no trailing slash,
      * no default port. */
     {
@@ -166,7 +193,12 @@ static bool process_start(struct process *p, char *err, size_t errlen)
             snprintf(origin, sizeof(origin), "https://%s:%d", host, port);
         fs.upstream_origin = origin;
         fs.listen_address = p->cfg.listen;
-        p->fwd = forward_new(&fs, p->pool, &p->credentials);
+        fs.config = &p->cfg;
+        parts.pool = p->pool;
+        parts.credentials = &p->credentials;
+        parts.cache = p->cache;
+        parts.flights = p->flights;
+        p->fwd = forward_new(&fs, &parts);
     }
     free(host);
 
@@ -185,20 +217,31 @@ static bool process_start(struct process *p, char *err, size_t errlen)
     admin_limits.max_body_size = 4096;
     admin_limits.timeout_ms = 10000;
     admin_limits.count_metrics = false;
-    p->admin = admin_new();
+    p->admin = admin_new(p->cache, p->redis, &p->credentials);
     p->admin_server = server_new(p->base, "admin", p->cfg.admin_listen, &admin_limits, admin_handle,
                                  p->admin, err, errlen);
     ok = p->admin_server != NULL;
     return ok;
 }
 
+/*
+ * Tears down in the order that lets every pending callback land on a live
+ * object: Redis first (its pending commands end silently), then the
+ * upstream pool (its exchanges fail, and their requests are answered while
+ * the listeners still exist), then flights that wait on nothing now, then
+ * the rest.
+ */
 static void process_stop(struct process *p)
 {
     janitor_free(p->janitor);
-    server_free(p->client);
-    server_free(p->admin_server);
+    cache_redis_shutdown(p->redis);
     if (p->pool != NULL)
         upstream_pool_free(p->pool);
+    flights_free(p->flights);
+    cache_free(p->cache);
+    cache_redis_free(p->redis);
+    server_free(p->client);
+    server_free(p->admin_server);
     forward_free(p->fwd);
     admin_free(p->admin);
     if (p->sigterm != NULL) {
@@ -279,12 +322,12 @@ int main(int argc, char **argv)
     event_add(p.sigint, NULL);
     event_add(p.sighup, NULL);
     p.janitor = janitor_new(p.base, JANITOR_INTERVAL_MS);
-    janitor_add(p.janitor, sweep_listeners, &p);
+    janitor_add(p.janitor, housekeeping, &p);
 
-    log_info("stproxy %s up: listen=%s admin=%s upstream=%s mode=%s%s", STPROXY_VERSION,
+    log_info("stproxy %s up: listen=%s admin=%s upstream=%s mode=%s cache=%s", STPROXY_VERSION,
              server_address(p.client), server_address(p.admin_server), p.cfg.upstream,
              p.credentials.mode == CREDENTIAL_SHARED ? "shared" : "pass-through",
-             p.credentials.mode == CREDENTIAL_SHARED ? " clients=" : "");
+             p.redis ? "redis" : "embedded");
     for (size_t i = 0; i < p.credentials.nkeys; i++)
         log_info("client key configured for \"%s\"", p.credentials.keys[i].name);
 

@@ -35,6 +35,25 @@
     X(CLIENT_OPEN, GAUGE, "stproxy_client_connections", "Client connections open now")             \
     X(AUTH_REJECTED, COUNTER, "stproxy_auth_rejected_total",                                       \
       "Requests refused with 401: missing or unknown client key")                                  \
+    X(CACHE_HITS, COUNTER, "stproxy_cache_hits_total", "Reads answered fresh from the cache")      \
+    X(CACHE_STALE, COUNTER, "stproxy_cache_stale_total",                                           \
+      "Reads answered from a stale entry: while refreshing, or because the upstream failed")       \
+    X(CACHE_MISSES, COUNTER, "stproxy_cache_misses_total",                                         \
+      "Cacheable reads that had to go upstream (alone or coalesced)")                              \
+    X(CACHE_BYPASS, COUNTER, "stproxy_cache_bypass_total",                                         \
+      "Requests that are never cached: writes, uncacheable paths")                                 \
+    X(CACHE_STORES, COUNTER, "stproxy_cache_stores_total", "Answers written to the cache")         \
+    X(CACHE_INVALIDATIONS, COUNTER, "stproxy_cache_invalidations_total",                           \
+      "Invalidations after commands and scene executions")                                         \
+    X(COALESCED, COUNTER, "stproxy_coalesced_waiters_total",                                       \
+      "Requests that joined an identical fetch already under way instead of going upstream")       \
+    X(REFRESHES, COUNTER, "stproxy_cache_refreshes_total",                                         \
+      "Background refreshes of stale entries")                                                     \
+    X(CACHE_ENTRIES, GAUGE, "stproxy_cache_entries", "Entries in the embedded store")              \
+    X(CACHE_BYTES, GAUGE, "stproxy_cache_bytes", "Bytes held by the embedded store")               \
+    X(REDIS_UP, GAUGE, "stproxy_redis_up", "1 while Redis is connected and answering, else 0")     \
+    X(REDIS_ERRORS, COUNTER, "stproxy_redis_errors_total",                                         \
+      "Redis commands that failed or missed their deadline")                                       \
     X(TARGET_REFUSED, COUNTER, "stproxy_target_refused_total",                                     \
       "Requests refused for their target: foreign host, CONNECT, path tricks")
 

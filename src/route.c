@@ -6,10 +6,12 @@
  * refused here rather than normalised differently in two places.
  */
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include <event2/http.h>
+#include <openssl/sha.h>
 
 #include "mem.h"
 #include "route.h"
@@ -36,6 +38,140 @@ const char *route_status_reason(enum route_status status)
         return "This proxy forwards only to its configured API origin";
     }
     return "refused";
+}
+
+bool route_is_status(enum route_class cls)
+{
+    return cls == ROUTE_DEVICE_STATUS || cls == ROUTE_COMPONENT_STATUS ||
+           cls == ROUTE_CAPABILITY_STATUS;
+}
+
+/* One name=value pair of a query, pointing into a scratch copy. */
+struct query_pair {
+    const char *name;
+    const char *value; /* NULL when the pair had no '=' */
+};
+
+static int pair_cmp(const void *a, const void *b)
+{
+    const struct query_pair *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    if (c != 0)
+        return c;
+    if (x->value == NULL || y->value == NULL)
+        return (x->value != NULL) - (y->value != NULL);
+    return strcmp(x->value, y->value);
+}
+
+char *route_normalise_query(const char *query)
+{
+    struct query_pair *pairs;
+    size_t n = 0, cap = 8, len = 0;
+    char *scratch, *p, *out;
+
+    if (query == NULL || query[0] == '\0')
+        return xstrdup("");
+    scratch = xstrdup(query);
+    pairs = xmalloc(cap * sizeof(*pairs));
+    for (p = scratch; p != NULL;) {
+        char *amp = strchr(p, '&'), *eq;
+        if (amp != NULL)
+            *amp = '\0';
+        eq = strchr(p, '=');
+        if (*p != '\0') {
+            if (eq != NULL)
+                *eq = '\0';
+            /* Split comma-joined values: a,b means the same as repeating the name. */
+            for (char *v = eq ? eq + 1 : NULL;;) {
+                char *comma = v ? strchr(v, ',') : NULL;
+                if (comma != NULL)
+                    *comma = '\0';
+                if (n == cap) {
+                    cap *= 2;
+                    pairs = xrealloc(pairs, cap * sizeof(*pairs));
+                }
+                pairs[n].name = p;
+                pairs[n].value = v;
+                len += strlen(p) + (v ? strlen(v) + 1 : 0) + 1;
+                n++;
+                if (comma == NULL)
+                    break;
+                v = comma + 1;
+            }
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    qsort(pairs, n, sizeof(*pairs), pair_cmp);
+    out = xmalloc(len + 1);
+    out[0] = '\0';
+    p = out;
+    for (size_t i = 0; i < n; i++) {
+        p += sprintf(p, "%s%s%s%s", i ? "&" : "", pairs[i].name, pairs[i].value ? "=" : "",
+                     pairs[i].value ? pairs[i].value : "");
+    }
+    free(pairs);
+    free(scratch);
+    return out;
+}
+
+static void hex_digest(const unsigned char *md, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void route_key_device(const char *device, char out[ROUTE_ID_MAX])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    bool plain = device[0] != '\0';
+
+    for (const char *p = device; *p != '\0' && plain; p++)
+        plain = isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.';
+    if (plain && strlen(device) < ROUTE_ID_MAX) {
+        strcpy(out, device);
+        return;
+    }
+    SHA256((const unsigned char *)device, strlen(device), md);
+    out[0] = 'h';
+    hex_digest(md, 16, out + 1);
+}
+
+char *route_cache_key(const struct route *r, const char *method, const char *cred_id,
+                      const char *accept)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char digest[2 * SHA256_DIGEST_LENGTH + 1], device[ROUTE_ID_MAX];
+    char *query = route_normalise_query(r->query);
+    const char *fields[4] = {method, r->path, query, accept ? accept : ""};
+    size_t len = 0;
+    char *key, *buf;
+
+    /* NUL separators: no field can run into the next one. */
+    for (int i = 0; i < 4; i++)
+        len += strlen(fields[i]) + 1;
+    buf = xmalloc(len);
+    len = 0;
+    for (int i = 0; i < 4; i++) {
+        size_t n = strlen(fields[i]) + 1;
+        memcpy(buf + len, fields[i], n);
+        len += n;
+    }
+    SHA256((const unsigned char *)buf, len, md);
+    free(buf);
+    free(query);
+    hex_digest(md, SHA256_DIGEST_LENGTH, digest);
+    if (r->device_id[0] != '\0')
+        route_key_device(r->device_id, device);
+    else
+        strcpy(device, "-");
+    len = strlen(cred_id) + strlen(device) + strlen(route_class_name(r->cls)) + sizeof(digest) + 16;
+    key = xmalloc(len);
+    snprintf(key, len, "stp1:e:%s:%s:%s:%s", cred_id, device, route_class_name(r->cls), digest);
+    return key;
 }
 
 void route_free(struct route *r)

@@ -66,6 +66,31 @@ enum route_status route_parse(const char *target, const char *self, struct route
 void route_free(struct route *r);
 
 const char *route_class_name(enum route_class cls);
+
+/* True for the status classes a command on the device makes stale. */
+bool route_is_status(enum route_class cls);
+
+/*
+ * The normalised form of a raw query: pairs sorted, and array values in one
+ * form (capability=a&capability=b and capability=a,b both become
+ * capability=a&capability=b). malloc'd; "" when query is NULL or empty.
+ */
+char *route_normalise_query(const char *query) __attribute__((warn_unused_result));
+
+/*
+ * The device id as it appears in cache keys: itself when it is made of
+ * letters, digits, '-', '_' and '.', else a hash of it (so that keys never
+ * hold glob or separator characters).
+ */
+void route_key_device(const char *device, char out[ROUTE_ID_MAX]);
+
+/*
+ * The cache key of a read: "stp1:e:<cred>:<device or ->:<class>:<digest>"
+ * where digest is the SHA-256 of method, path, normalised query and Accept.
+ * The credential id is already a hash; no token ever enters a key. malloc'd.
+ */
+char *route_cache_key(const struct route *r, const char *method, const char *cred_id,
+                      const char *accept) __attribute__((warn_unused_result));
 /* Human reason for a refused target, for the error body. */
 const char *route_status_reason(enum route_status status);
 

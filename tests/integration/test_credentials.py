@@ -27,13 +27,16 @@ def assert_api_error(resp, status, code):
 def test_shared_mode_two_client_keys(start_mock, start_proxy):
     mock = start_mock(tokens=[SHARED])
     proxy = start_proxy(mock.origin, env=shared_env())
-    for key in (KEY_HA, KEY_NR):
-        resp = proxy.request("GET", "/devices", token=key)
-        assert resp.status == 200, resp.body
-        last = mock.last_request()
-        auth = [v for k, v in last["headers"] if k.lower() == "authorization"]
-        assert auth == [f"Bearer {SHARED}"], "the shared credential goes upstream, not the key"
-    assert mock.counters()["by_token"] == {SHARED: 2}
+    first = proxy.request("GET", "/devices", token=KEY_HA)
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS", first.body
+    last = mock.last_request()
+    auth = [v for k, v in last["headers"] if k.lower() == "authorization"]
+    assert auth == [f"Bearer {SHARED}"], "the shared credential goes upstream, not the key"
+    # both keys map to one credential, so they share its cache
+    second = proxy.request("GET", "/devices", token=KEY_NR)
+    assert second.status == 200 and second.headers["X-Cache"] == "HIT"
+    assert second.body == first.body
+    assert mock.counters()["by_token"] == {SHARED: 1}
     log = proxy.output()
     assert re.search(r"access client=homeassistant method=GET path=/devices status=200", log)
     assert re.search(r"access client=nodered method=GET path=/devices status=200", log)

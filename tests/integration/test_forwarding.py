@@ -5,6 +5,8 @@ import json
 import pytest
 
 TOKEN = "pat-forwarding-0001"
+# For tests of the forwarding machinery itself: every read goes upstream.
+NO_CACHE = {"STPROXY_CACHE_LOCATIONS": "0", "STPROXY_CACHE_DEVICES": "0"}
 
 
 def header_values(last, name):
@@ -130,7 +132,7 @@ def test_pagination_links_rewritten(start_mock, start_proxy):
 
 
 def test_upstream_keep_alive_connections_are_reused(mock, start_proxy):
-    proxy = start_proxy(mock.origin)
+    proxy = start_proxy(mock.origin, env=NO_CACHE)
     for _ in range(10):
         assert proxy.request("GET", "/locations", token=TOKEN).status == 200
     assert proxy.metric("stproxy_upstream_connections_opened_total") == 1
@@ -141,7 +143,7 @@ def test_upstream_keep_alive_connections_are_reused(mock, start_proxy):
 def test_upstream_pool_is_bounded(start_mock, start_proxy):
     import threading
     mock = start_mock(latency_ms=300)
-    proxy = start_proxy(mock.origin, env={"STPROXY_UPSTREAM_CONNECTIONS": "2"})
+    proxy = start_proxy(mock.origin, env={**NO_CACHE, "STPROXY_UPSTREAM_CONNECTIONS": "2"})
     results = []
 
     def one():
@@ -173,7 +175,7 @@ def test_upstream_gone_gives_502(start_mock, start_proxy):
     """An upstream that stops listening: the pooled connection is dropped and
     the next request gets a clear 502 in the API's error shape."""
     mock = start_mock()
-    proxy = start_proxy(mock.origin)
+    proxy = start_proxy(mock.origin, env=NO_CACHE)
     assert proxy.request("GET", "/locations", token=TOKEN).status == 200
     mock.stop()
     resp = proxy.request("GET", "/locations", token=TOKEN)

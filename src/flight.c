@@ -1,0 +1,465 @@
+/*
+ * flight.c: owns flights and their waiters.
+ *
+ * A flight lives in the table from its first waiter until it completes;
+ * it is taken out of the table before its waiters are answered, so a waiter
+ * that starts a new identical read starts a new flight instead of joining
+ * one that is finishing. The flight owns copies of everything it sends
+ * upstream, because the request that started it may have been answered
+ * already (a background refresh).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <openssl/rand.h>
+
+#include "cache_redis.h"
+#include "flight.h"
+#include "log.h"
+#include "mem.h"
+#include "metrics.h"
+
+#define TABLE_SIZE 1024 /* buckets; flights are few and short-lived */
+
+/* Releases a lock only if this process still holds it. */
+static const char release_script[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+/* Where a flight is. */
+enum flight_state {
+    FLIGHT_STARTING, /* created; starts on the next loop turn */
+    FLIGHT_LOCKING,  /* asking Redis which process fetches */
+    FLIGHT_FETCHING, /* this process is fetching from the upstream */
+    FLIGHT_REMOTE,   /* another process fetches; waiting for its fill message */
+    FLIGHT_READING,  /* reading the entry another process stored */
+};
+
+/* One request waiting on a flight. */
+struct waiter {
+    TAILQ_ENTRY(waiter) link;
+    flight_done_fn fn;
+    void *arg;
+};
+TAILQ_HEAD(waiter_list, waiter);
+
+struct flight {
+    struct flight *next_in_bucket;
+    struct flights *fl;
+    enum flight_state state;
+    char *key;
+    char *lock_key;
+    char *target;
+    struct evkeyvalq headers;
+    struct cache_policy policy;
+    long not_found_ms;
+    char cred[80];
+    char device[160];
+    bool has_device;
+    bool is_status;
+    bool holds_lock;     /* this process won the Redis lock */
+    int lock_rounds;     /* times the lock was found held by another */
+    uint64_t epoch;      /* cache epoch when the fetch began */
+    struct event *timer; /* start, or the remote holder's deadline */
+    struct waiter_list waiters;
+};
+
+struct flights {
+    struct event_base *base;
+    struct upstream_pool *pool;
+    struct cache *cache;
+    struct cache_redis *redis;
+    long lock_ttl_ms;
+    char lock_token[40]; /* identifies this process's locks */
+    struct flight *table[TABLE_SIZE];
+};
+
+static void flight_start_cb(evutil_socket_t fd, short what, void *arg);
+
+static size_t bucket_of(const char *key)
+{
+    size_t h = 5381;
+    for (; *key; key++)
+        h = h * 33 + (unsigned char)*key;
+    return h % TABLE_SIZE;
+}
+
+static struct flight *flight_find(struct flights *fl, const char *key)
+{
+    struct flight *f = fl->table[bucket_of(key)];
+    for (; f != NULL; f = f->next_in_bucket)
+        if (strcmp(f->key, key) == 0)
+            return f;
+    return NULL;
+}
+
+static void flight_unlink(struct flight *f)
+{
+    struct flight **link = &f->fl->table[bucket_of(f->key)];
+    while (*link != NULL && *link != f)
+        link = &(*link)->next_in_bucket;
+    if (*link == f)
+        *link = f->next_in_bucket;
+}
+
+static struct flight *flight_new(struct flights *fl, const char *key,
+                                 const struct flight_spec *spec)
+{
+    struct flight *f = xcalloc(1, sizeof(*f));
+    const struct evkeyval *h;
+    size_t klen = strlen(key) + 8;
+
+    f->fl = fl;
+    f->state = FLIGHT_STARTING;
+    f->key = xstrdup(key);
+    f->lock_key = xmalloc(klen);
+    snprintf(f->lock_key, klen, "stp1:l:%s", key + (strncmp(key, "stp1:e:", 7) ? 0 : 7));
+    f->target = xstrdup(spec->target);
+    TAILQ_INIT(&f->headers);
+    TAILQ_FOREACH(h, spec->headers, next)
+    evhttp_add_header(&f->headers, h->key, h->value);
+    f->policy = spec->policy;
+    f->not_found_ms = spec->not_found_ms;
+    snprintf(f->cred, sizeof(f->cred), "%s", spec->tags.cred);
+    f->has_device = spec->tags.device != NULL;
+    snprintf(f->device, sizeof(f->device), "%s", spec->tags.device ? spec->tags.device : "");
+    f->is_status = spec->tags.is_status;
+    TAILQ_INIT(&f->waiters);
+    f->timer = evtimer_new(fl->base, flight_start_cb, f);
+    f->next_in_bucket = fl->table[bucket_of(key)];
+    fl->table[bucket_of(key)] = f;
+    return f;
+}
+
+static void flight_free(struct flight *f)
+{
+    event_free(f->timer);
+    /* Headers hold the upstream token: wipe before freeing. */
+    {
+        struct evkeyval *h;
+        TAILQ_FOREACH(h, &f->headers, next)
+        memset(h->value, 0, strlen(h->value));
+    }
+    evhttp_clear_headers(&f->headers);
+    free(f->key);
+    free(f->lock_key);
+    free(f->target);
+    free(f);
+}
+
+/* Answers every waiter and frees the flight (already out of the table). */
+static void flight_deliver(struct flight *f, const struct flight_answer *answer)
+{
+    struct waiter *w;
+
+    event_del(f->timer);
+    while ((w = TAILQ_FIRST(&f->waiters)) != NULL) {
+        TAILQ_REMOVE(&f->waiters, w, link);
+        w->fn(answer, w->arg);
+        free(w);
+    }
+    flight_free(f);
+}
+
+static void flight_fail(struct flight *f, enum upstream_result result, const char *detail)
+{
+    struct flight_answer answer = {.result = result, .detail = detail};
+    struct evkeyvalq none;
+
+    TAILQ_INIT(&none);
+    answer.headers = &none;
+    answer.body = evbuffer_new();
+    flight_unlink(f);
+    flight_deliver(f, &answer);
+    evbuffer_free(answer.body);
+}
+
+/* Answers every waiter from a cache entry (another process fetched it). */
+static void flight_answer_entry(struct flight *f, const struct cache_entry *e)
+{
+    struct flight_answer answer = {.result = UPSTREAM_OK, .status = e->status};
+    struct evkeyvalq headers;
+
+    TAILQ_INIT(&headers);
+    if (e->content_type != NULL)
+        evhttp_add_header(&headers, "Content-Type", e->content_type);
+    answer.headers = &headers;
+    answer.body = evbuffer_new();
+    evbuffer_add(answer.body, e->body, e->body_len);
+    flight_unlink(f);
+    flight_deliver(f, &answer);
+    evbuffer_free(answer.body);
+    evhttp_clear_headers(&headers);
+}
+
+/* ---- Redis: lock, release, fill ----------------------------------------- */
+
+static bool redis_usable(const struct flights *fl)
+{
+    return fl->redis != NULL && cache_redis_state(fl->redis) == REDIS_UP;
+}
+
+static void ignore_reply(bool ok, const redisReply *reply, void *arg)
+{
+    (void)ok;
+    (void)reply;
+    (void)arg;
+}
+
+/* Tells other processes the entry landed ("key") or the fetch failed ("!key"),
+ * then gives up the lock. Sent after the store, on the same connection, so
+ * Redis has the entry before anyone reads the message. */
+static void release_and_announce(struct flight *f, bool ok)
+{
+    struct flights *fl = f->fl;
+    size_t len = strlen(f->key) + 2;
+    char *payload = xmalloc(len);
+    const char *pub[] = {"PUBLISH", FLIGHT_FILL_CHANNEL, payload};
+    const char *rel[] = {"EVAL", release_script, "1", f->lock_key, fl->lock_token};
+
+    snprintf(payload, len, "%s%s", ok ? "" : "!", f->key);
+    cache_redis_commandv(fl->redis, ignore_reply, NULL, 3, pub);
+    cache_redis_commandv(fl->redis, ignore_reply, NULL, 5, rel);
+    free(payload);
+    f->holds_lock = false;
+}
+
+/* ---- fetching ----------------------------------------------------------- */
+
+/* The fresh TTL this answer gets, or 0 when it must not be cached. */
+static long answer_ttl(const struct flight *f, int status)
+{
+    if (status == 200)
+        return f->policy.fresh_ms;
+    if (status == 404)
+        return f->not_found_ms;
+    return 0; /* 401, 403, 429, 5xx and everything else: never */
+}
+
+static void fetch_done(enum upstream_result result, struct upstream_response *resp,
+                       const char *detail, void *arg)
+{
+    struct flight *f = arg;
+    struct flights *fl = f->fl;
+    struct flight_answer answer = {.result = result, .detail = detail};
+    bool stored = false;
+
+    if (result == UPSTREAM_OK) {
+        long fresh = answer_ttl(f, resp->status);
+        answer.status = resp->status;
+        answer.headers = &resp->headers;
+        answer.body = resp->body;
+        /* An invalidation while we fetched may mean this answer predates a
+         * command: hand it to the waiters, but do not keep it. */
+        if (fresh > 0 && cache_epoch(fl->cache) == f->epoch) {
+            const char *ctype = evhttp_find_header(&resp->headers, "Content-Type");
+            struct cache_entry e = {.status = resp->status};
+            struct cache_tags tags = {.cred = f->cred,
+                                      .device = f->has_device ? f->device : NULL,
+                                      .is_status = f->is_status};
+            long stale = resp->status == 200 ? f->policy.stale_ms : 0;
+            e.content_type = (char *)ctype;
+            e.stored_ms = cache_now_ms();
+            e.fresh_until_ms = e.stored_ms + (uint64_t)fresh;
+            e.stale_until_ms = e.fresh_until_ms + (uint64_t)stale;
+            e.body = (char *)evbuffer_pullup(resp->body, -1);
+            e.body_len = evbuffer_get_length(resp->body);
+            cache_store(fl->cache, f->key, &e, &tags);
+            stored = true;
+        }
+    } else {
+        struct evkeyvalq none;
+        TAILQ_INIT(&none);
+        answer.headers = &none;
+        answer.body = resp->body;
+    }
+    if (f->holds_lock && redis_usable(fl))
+        release_and_announce(f, stored);
+    flight_unlink(f);
+    flight_deliver(f, &answer);
+}
+
+static void flight_fetch(struct flight *f)
+{
+    f->state = FLIGHT_FETCHING;
+    f->epoch = cache_epoch(f->fl->cache);
+    upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
+}
+
+/* ---- waiting for another process ---------------------------------------- */
+
+static void flight_try_lock(struct flight *f);
+
+static void remote_entry(struct cache_entry *e, void *arg)
+{
+    struct flight *f = arg;
+
+    if (e != NULL && cache_entry_freshness(e, cache_now_ms()) != CACHE_EXPIRED) {
+        flight_answer_entry(f, e);
+        cache_entry_free(e);
+        return;
+    }
+    cache_entry_free(e);
+    if (f->state == FLIGHT_READING) {
+        /* The message came but the entry did not (not cacheable, or Redis
+         * lost it): compete for the lock again. */
+        flight_try_lock(f);
+        return;
+    }
+    /* Not there yet: wait for the fill message, at most one lock lifetime. */
+    {
+        struct timeval tv = {f->fl->lock_ttl_ms / 1000, (f->fl->lock_ttl_ms % 1000) * 1000};
+        f->state = FLIGHT_REMOTE;
+        evtimer_add(f->timer, &tv);
+    }
+}
+
+static void lock_reply(bool ok, const redisReply *reply, void *arg)
+{
+    struct flight *f = arg;
+
+    if (!ok) {
+        flight_fetch(f); /* no Redis: fetch alone */
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STATUS) { /* "OK": ours */
+        f->holds_lock = true;
+        flight_fetch(f);
+        return;
+    }
+    /* Held by another process. After two lock lifetimes without an answer,
+     * stop waiting on others and fetch. */
+    if (++f->lock_rounds > 2) {
+        flight_fetch(f);
+        return;
+    }
+    f->state = FLIGHT_REMOTE;
+    cache_lookup(f->fl->cache, f->key, remote_entry, f);
+}
+
+static void flight_try_lock(struct flight *f)
+{
+    struct flights *fl = f->fl;
+    char ttl[24];
+    const char *argv[] = {"SET", f->lock_key, fl->lock_token, "NX", "PX", ttl};
+
+    if (!redis_usable(fl)) {
+        flight_fetch(f);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%ld", fl->lock_ttl_ms);
+    f->state = FLIGHT_LOCKING;
+    cache_redis_commandv(fl->redis, lock_reply, f, 6, argv);
+}
+
+/* The start timer, and later the deadline of a remote fetcher. */
+static void flight_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct flight *f = arg;
+    (void)fd;
+    (void)what;
+
+    if (f->state == FLIGHT_REMOTE)
+        log_warn("flight: the process fetching a shared key did not answer within %ld ms; "
+                 "taking over",
+                 f->fl->lock_ttl_ms);
+    flight_try_lock(f);
+}
+
+void flights_on_fill(const char *payload, size_t len, void *arg)
+{
+    struct flights *fl = arg;
+    bool failed = len > 0 && payload[0] == '!';
+    char *key = xstrndup(payload + failed, len - failed);
+    struct flight *f = flight_find(fl, key);
+
+    free(key);
+    if (f == NULL || f->state != FLIGHT_REMOTE)
+        return; /* ours, or nobody here waits for it */
+    event_del(f->timer);
+    if (failed) {
+        flight_fail(f, UPSTREAM_BAD_RESPONSE,
+                    "the identical request another proxy process made upstream failed");
+        return;
+    }
+    f->state = FLIGHT_READING;
+    cache_lookup(fl->cache, f->key, remote_entry, f);
+}
+
+/* ---- joining ------------------------------------------------------------ */
+
+static void start_soon(struct flight *f)
+{
+    struct timeval zero = {0, 0};
+    evtimer_add(f->timer, &zero);
+}
+
+void flight_join(struct flights *fl, const char *key, const struct flight_spec *spec,
+                 flight_done_fn fn, void *arg)
+{
+    struct flight *f = flight_find(fl, key);
+    struct waiter *w = xcalloc(1, sizeof(*w));
+
+    w->fn = fn;
+    w->arg = arg;
+    if (f != NULL) {
+        metrics_inc(METRIC_COALESCED);
+    } else {
+        f = flight_new(fl, key, spec);
+        start_soon(f);
+    }
+    TAILQ_INSERT_TAIL(&f->waiters, w, link);
+}
+
+void flight_refresh(struct flights *fl, const char *key, const struct flight_spec *spec)
+{
+    struct flight *f;
+
+    if (flight_find(fl, key) != NULL)
+        return; /* already being fetched: that is the refresh */
+    metrics_inc(METRIC_REFRESHES);
+    f = flight_new(fl, key, spec);
+    start_soon(f);
+}
+
+struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
+                            struct cache *cache, struct cache_redis *redis, long lock_ttl_ms)
+{
+    struct flights *fl = xcalloc(1, sizeof(*fl));
+    unsigned char rnd[12];
+
+    fl->base = base;
+    fl->pool = pool;
+    fl->cache = cache;
+    fl->redis = redis;
+    fl->lock_ttl_ms = lock_ttl_ms;
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        memset(rnd, 0x5a, sizeof(rnd));
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(fl->lock_token + 2 * i, 3, "%02x", rnd[i]);
+    return fl;
+}
+
+void flights_free(struct flights *fl)
+{
+    if (fl == NULL)
+        return;
+    for (size_t i = 0; i < TABLE_SIZE; i++) {
+        while (fl->table[i] != NULL) {
+            struct flight *f = fl->table[i];
+            if (f->state == FLIGHT_FETCHING) {
+                /* The upstream pool answers it while it shuts down. */
+                fl->table[i] = f->next_in_bucket;
+                f->next_in_bucket = NULL;
+                continue;
+            }
+            flight_fail(f, UPSTREAM_CONNECT_FAILED, "the proxy is shutting down");
+        }
+    }
+    free(fl);
+}
