@@ -584,6 +584,16 @@ static bool config_check(struct config *cfg, char *err, size_t errlen)
     }
     if (cfg->token_file != NULL && !load_token_file(cfg, err, errlen))
         return false;
+    if (cfg->token != NULL) {
+        for (const char *t = cfg->token; *t != '\0'; t++) {
+            if (*t <= ' ' || *t >= 0x7f) {
+                /* Never echo the token itself. */
+                snprintf(err, errlen, "%stoken: holds a blank or control character",
+                         source_of(cfg, "token", where, sizeof(where)));
+                return false;
+            }
+        }
+    }
     if (cfg->token != NULL && cfg->client_keys == NULL) {
         snprintf(err, errlen,
                  "%s%s: a shared credential is configured but client_keys is not; clients "

@@ -40,6 +40,7 @@ struct forward {
     const struct config *config;
     struct forward_parts parts;
     int in_flight;
+    bool draining; /* shutting down: new requests are turned away */
 };
 
 /* Where a client request is on its way through the proxy. */
@@ -96,6 +97,8 @@ static const char *const response_skip[] = {
     "Transfer-Encoding",
     "Upgrade",
     "Content-Length",
+    "X-Cache", /* the proxy's own: where this answer came from */
+    "Age",     /* likewise, for cached answers */
     NULL,
 };
 
@@ -175,6 +178,30 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     return "UNKNOWN";
 }
 
+/* RFC 9110 token characters: what a header name may be made of. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* evhttp checks header values but not names: a name like "Transfer-Encoding "
+ * would slip past the hop-by-hop list and reach the upstream. Refuse any
+ * request with a name that is not a token. */
+static bool header_names_valid(const struct evkeyvalq *headers)
+{
+    const struct evkeyval *h;
+    TAILQ_FOREACH(h, headers, next)
+    {
+        if (h->key[0] == '\0')
+            return false;
+        for (const char *p = h->key; *p != '\0'; p++)
+            if (!is_tchar((unsigned char)*p))
+                return false;
+    }
+    return true;
+}
+
 /* A Host value safe to put in a URL and a JSON string: name or address, port. */
 static bool host_is_safe(const char *host)
 {
@@ -229,9 +256,14 @@ static void send_answer(struct proxy_request *pr, int status, const struct evkey
     struct evbuffer *out = evbuffer_new();
     char age[24];
 
-    if (headers != NULL)
+    if (headers != NULL) {
         copy_headers(headers, out_headers, response_skip);
-    else if (content_type != NULL)
+        /* evhttp sends no body and no length for HEAD: keep the upstream's. */
+        if (evhttp_request_get_command(pr->req) == EVHTTP_REQ_HEAD &&
+            evhttp_find_header(headers, "Content-Length") != NULL)
+            evhttp_add_header(out_headers, "Content-Length",
+                              evhttp_find_header(headers, "Content-Length"));
+    } else if (content_type != NULL)
         evhttp_add_header(out_headers, "Content-Type", content_type);
     if (len == 0 || ctype == NULL || strstr(ctype, "json") == NULL || encoding != NULL ||
         !rewrite_links(body, len, pr->fwd->upstream_origin, pr->client_origin, out))
@@ -455,10 +487,23 @@ void forward_handle(struct evhttp_request *req, void *arg)
     snprintf(pr->client_origin, sizeof(pr->client_origin), "http://%s",
              host_is_safe(host) ? host : fwd->listen_address);
 
+    if (fwd->draining) {
+        /* A kept-alive client asking during shutdown: tell it to go elsewhere. */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        preq_fail(pr, 503, "ServiceUnavailableError", "The proxy is shutting down");
+        return;
+    }
     if (cmd == EVHTTP_REQ_CONNECT || cmd == EVHTTP_REQ_TRACE) {
         metrics_inc(METRIC_TARGET_REFUSED);
         preq_fail(pr, 405, "MethodNotAllowedError",
                   "This proxy forwards only SmartThings API requests");
+        return;
+    }
+    if (!header_names_valid(in)) {
+        metrics_inc(METRIC_TARGET_REFUSED);
+        log_warn("refused a %s request with a malformed header name", pr->method);
+        preq_fail(pr, 400, "BadRequestError", "A header name is not a valid HTTP token");
         return;
     }
     rs = route_parse(evhttp_request_get_uri(req), fwd->listen_address, &pr->route);
@@ -514,6 +559,11 @@ void forward_free(struct forward *fwd)
     free(fwd->upstream_origin);
     free(fwd->listen_address);
     free(fwd);
+}
+
+void forward_set_draining(struct forward *fwd)
+{
+    fwd->draining = true;
 }
 
 int forward_in_flight(const struct forward *fwd)

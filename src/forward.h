@@ -42,6 +42,9 @@ void forward_free(struct forward *fwd);
 /* The client listener's handler (server_handler_fn). */
 void forward_handle(struct evhttp_request *req, void *arg);
 
+/* From now on new requests get 503 and Connection: close (shutdown). */
+void forward_set_draining(struct forward *fwd);
+
 /* Client requests accepted and not yet answered. */
 int forward_in_flight(const struct forward *fwd);
 

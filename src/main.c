@@ -49,6 +49,7 @@ struct process {
     struct janitor *janitor;
     struct event *drain_timer;
     int drain_polls;
+    long drain_deadline_ms; /* upstream_timeout + 2 s: every exchange can end */
 };
 
 static void usage(FILE *out)
@@ -97,10 +98,10 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
 
-    if (left == 0 || ++p->drain_polls * DRAIN_POLL_MS >= DRAIN_DEADLINE_MS) {
+    if (left == 0 || ++p->drain_polls * DRAIN_POLL_MS >= p->drain_deadline_ms) {
         if (left > 0)
-            log_warn("drain: %d requests still in flight after %d ms; exiting anyway", left,
-                     DRAIN_DEADLINE_MS);
+            log_warn("drain: %d requests still in flight after %ld ms; exiting anyway", left,
+                     p->drain_deadline_ms);
         event_base_loopexit(p->base, NULL);
         return;
     }
@@ -117,7 +118,9 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     log_info("signal %d: no longer accepting connections; draining %d in-flight requests", (int)sig,
              forward_in_flight(p->fwd));
     server_stop_accepting(p->client);
+    forward_set_draining(p->fwd);
     admin_set_draining(p->admin);
+    p->drain_deadline_ms = p->cfg.upstream_timeout_ms + 2000;
     p->drain_timer = evtimer_new(p->base, drain_check, p);
     drain_check(-1, 0, p);
 }
@@ -185,12 +188,12 @@ static bool process_start(struct process *p, char *err, size_t errlen)
      * no default port. */
     {
         char origin[300];
-        if (port == 443)
-            snprintf(origin, sizeof(origin), "https://%s", host);
-        else if (strchr(host, ':') != NULL)
-            snprintf(origin, sizeof(origin), "https://[%s]:%d", host, port);
-        else
-            snprintf(origin, sizeof(origin), "https://%s:%d", host, port);
+        bool v6 = strchr(host, ':') != NULL;
+        char portpart[8] = "";
+        if (port != 443)
+            snprintf(portpart, sizeof(portpart), ":%d", port);
+        snprintf(origin, sizeof(origin), "https://%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "",
+                 portpart);
         fs.upstream_origin = origin;
         fs.listen_address = p->cfg.listen;
         fs.config = &p->cfg;

@@ -316,8 +316,10 @@ static void conn_try_connect(struct uconn *conn)
         conn_fail(conn, UPSTREAM_CONNECT_FAILED, "cannot create an upstream connection");
         return;
     }
-    /* Many servers close without close_notify; that is an end, not an attack,
-     * because every body we accept is framed by length or chunking. */
+    /* An idle kept-alive connection closed without close_notify is an
+     * ordinary end. (With OpenSSL 3 a missing close_notify still arrives as
+     * an error, so a close-delimited body must end with close_notify to be
+     * accepted: a truncated answer is never taken for a whole one.) */
     bufferevent_openssl_set_allow_dirty_shutdown(conn->bev, 1);
     bufferevent_setcb(conn->bev, conn_read_cb, NULL, conn_event_cb, conn);
     conn_set_state(conn, UCONN_CONNECTING);
@@ -649,12 +651,14 @@ static bool read_body(struct uconn *conn, struct evbuffer *in, bool *failed)
                     goto garbage;
                 return false;
             }
-            errno = 0;
-            conn->remaining = (size_t)strtoull(line, &end, 16);
-            if (end == line || errno != 0 || (*end != '\0' && *end != ';' && *end != ' ')) {
+            /* Hex digits only (no sign, blanks or 0x), at most 15 of them. */
+            len = strspn(line, "0123456789abcdefABCDEF");
+            if (len == 0 || len > 15 ||
+                (line[len] != '\0' && line[len] != ';' && line[len] != ' ' && line[len] != '\t')) {
                 free(line);
                 goto garbage;
             }
+            conn->remaining = (size_t)strtoull(line, &end, 16);
             free(line);
             if (conn->remaining > conn->pool->cfg.max_body)
                 goto too_large;
@@ -837,17 +841,15 @@ struct upstream_pool *upstream_pool_new(struct event_base *base,
     pool->cfg = *settings;
     pool->host = xstrdup(settings->host);
     pool->cfg.host = pool->host;
-    if (settings->port == 443)
-        snprintf(pool->host_header, sizeof(pool->host_header), "%s", pool->host);
-    else if (strchr(pool->host, ':') != NULL)
-        snprintf(pool->host_header, sizeof(pool->host_header), "[%s]:%d", pool->host,
-                 settings->port);
-    else
-        snprintf(pool->host_header, sizeof(pool->host_header), "%s:%d", pool->host, settings->port);
-    pool->dns =
-        evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-    if (pool->dns == NULL) /* no resolv.conf: still resolve /etc/hosts and literals */
-        pool->dns = evdns_base_new(base, 0);
+    {
+        bool v6 = strchr(pool->host, ':') != NULL;
+        char port[8] = "";
+        if (settings->port != 443)
+            snprintf(port, sizeof(port), ":%d", settings->port);
+        snprintf(pool->host_header, sizeof(pool->host_header), "%s%s%s%s", v6 ? "[" : "",
+                 pool->host, v6 ? "]" : "", port);
+    }
+    pool->dns = evdns_base_new(base, 0);
     evdns_base_load_hosts(pool->dns, NULL);
     TAILQ_INIT(&pool->idle);
     TAILQ_INIT(&pool->busy);

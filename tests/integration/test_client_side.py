@@ -215,3 +215,52 @@ def test_port_in_use_stops_start_up(mock):
                            "STPROXY_UPSTREAM": mock.origin})
         assert out.returncode == 1
         assert "cannot listen on" in out.stderr
+
+
+def test_malformed_header_names_never_reach_the_upstream(mock, start_proxy):
+    """evhttp checks header values but not names; a name with a blank before
+    the colon would slip past the hop-by-hop list."""
+    proxy = start_proxy(mock.origin)
+    for bad in (b"Transfer-Encoding : chunked", b"Content-Length : 0", b": empty-name",
+                b"Bad Name: x", b"X\x01Ctl: y"):
+        answer = raw_exchange(proxy.port, b"GET /locations HTTP/1.1\r\nHost: x\r\n"
+                                          b"Authorization: Bearer t\r\n" + bad + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400"), (bad, answer[:80])
+        assert b'"BadRequestError"' in answer
+    assert mock.counters()["total"] == 0
+
+
+def test_upstream_x_cache_and_age_are_replaced(mock, start_proxy):
+    """The proxy's X-Cache is the only one a client sees."""
+    proxy = start_proxy(mock.origin)
+    resp = proxy.request("GET", "/locations", token=TOKEN)
+    assert resp.headers.get_all("X-Cache") == ["MISS"]
+    resp = proxy.request("GET", "/locations", token=TOKEN)
+    assert resp.headers.get_all("X-Cache") == ["HIT"]
+    assert len(resp.headers.get_all("Age")) == 1
+
+
+def test_requests_during_drain_get_503(mock, start_proxy):
+    proxy = start_proxy(mock.origin)
+    conn = proxy.connection()
+    conn.request("GET", "/locations/x/modes", headers={"Authorization": f"Bearer {TOKEN}"})
+    conn.getresponse().read()  # a kept-alive connection, open when the drain starts
+    mock.set_latency(1500)
+    result = {}
+
+    def slow():
+        result["status"] = proxy.request("GET", "/devices", token=TOKEN).status
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    proxy.proc.terminate()
+    time.sleep(0.2)
+    conn.request("GET", "/locations", headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 503 and b"ServiceUnavailableError" in body
+    assert resp.getheader("Connection") == "close"
+    t.join(timeout=5)
+    assert result.get("status") == 200, "the in-flight request still completed"
+    assert proxy.proc.wait(timeout=5) == 0
