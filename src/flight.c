@@ -26,6 +26,11 @@
 
 #define TABLE_SIZE 1024 /* buckets; flights are few and short-lived */
 
+/* Extends a lock only if this process still holds it. */
+static const char renew_script[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then return "
+                                   "redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
+                                   "return 0\n";
+
 /* Releases a lock only if this process still holds it. */
 static const char release_script[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
@@ -74,7 +79,8 @@ struct flights {
     struct upstream_pool *pool;
     struct cache *cache;
     struct cache_redis *redis;
-    long lock_ttl_ms;
+    long lock_ttl_ms;    /* a lock not renewed for this long is free */
+    int max_lock_rounds; /* waits on another process before fetching anyway */
     char lock_token[40]; /* identifies this process's locks */
     struct flight *table[TABLE_SIZE];
 };
@@ -284,10 +290,34 @@ static void fetch_done(enum upstream_result result, struct upstream_response *re
     flight_deliver(f, &answer);
 }
 
+/* While this process fetches under the lock, it renews the lock at a third
+ * of its lifetime, so a waiter can tell a slow fetcher from a dead one. */
+static void schedule_renewal(struct flight *f)
+{
+    long ms = f->fl->lock_ttl_ms / 3;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(f->timer, &tv);
+}
+
+static void renew_lock(struct flight *f)
+{
+    struct flights *fl = f->fl;
+    char ttl[24];
+    const char *argv[] = {"EVAL", renew_script, "1", f->lock_key, fl->lock_token, ttl};
+
+    if (!redis_usable(fl))
+        return;
+    snprintf(ttl, sizeof(ttl), "%ld", fl->lock_ttl_ms);
+    cache_redis_commandv(fl->redis, ignore_reply, NULL, 6, argv);
+    schedule_renewal(f);
+}
+
 static void flight_fetch(struct flight *f)
 {
     f->state = FLIGHT_FETCHING;
     f->epoch = cache_epoch(f->fl->cache);
+    if (f->holds_lock)
+        schedule_renewal(f);
     upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
 }
 
@@ -311,7 +341,8 @@ static void remote_entry(struct cache_entry *e, void *arg)
         flight_try_lock(f);
         return;
     }
-    /* Not there yet: wait for the fill message, at most one lock lifetime. */
+    /* Not there yet: wait for the fill message; after one lock lifetime,
+     * ask again whether the fetcher still holds (renews) the lock. */
     {
         struct timeval tv = {f->fl->lock_ttl_ms / 1000, (f->fl->lock_ttl_ms % 1000) * 1000};
         f->state = FLIGHT_REMOTE;
@@ -332,9 +363,9 @@ static void lock_reply(bool ok, const redisReply *reply, void *arg)
         flight_fetch(f);
         return;
     }
-    /* Held by another process. After two lock lifetimes without an answer,
-     * stop waiting on others and fetch. */
-    if (++f->lock_rounds > 2) {
+    /* Held by another process, which renews it while it fetches. Once it
+     * has kept it for longer than any fetch may take, fetch anyway. */
+    if (++f->lock_rounds > f->fl->max_lock_rounds) {
         flight_fetch(f);
         return;
     }
@@ -357,17 +388,18 @@ static void flight_try_lock(struct flight *f)
     cache_redis_commandv(fl->redis, lock_reply, f, 6, argv);
 }
 
-/* The start timer, and later the deadline of a remote fetcher. */
+/* The flight's one timer: its start, the renewal of a lock it holds while
+ * fetching, or (waiting on another process) the time to ask again. */
 static void flight_start_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct flight *f = arg;
     (void)fd;
     (void)what;
 
-    if (f->state == FLIGHT_REMOTE)
-        log_warn("flight: the process fetching a shared key did not answer within %ld ms; "
-                 "taking over",
-                 f->fl->lock_ttl_ms);
+    if (f->state == FLIGHT_FETCHING) {
+        renew_lock(f);
+        return;
+    }
     flight_try_lock(f);
 }
 
@@ -428,7 +460,8 @@ void flight_refresh(struct flights *fl, const char *key, const struct flight_spe
 }
 
 struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
-                            struct cache *cache, struct cache_redis *redis, long lock_ttl_ms)
+                            struct cache *cache, struct cache_redis *redis, long lock_ttl_ms,
+                            long max_wait_ms)
 {
     struct flights *fl = xcalloc(1, sizeof(*fl));
     unsigned char rnd[12];
@@ -438,6 +471,8 @@ struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
     fl->cache = cache;
     fl->redis = redis;
     fl->lock_ttl_ms = lock_ttl_ms;
+    /* Wait on another process at most as long as its fetch may take. */
+    fl->max_lock_rounds = (int)((max_wait_ms + lock_ttl_ms - 1) / lock_ttl_ms) + 1;
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         memset(rnd, 0x5a, sizeof(rnd));
     for (size_t i = 0; i < sizeof(rnd); i++)

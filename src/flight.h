@@ -5,8 +5,9 @@
  *
  * With Redis, flights span processes: the process that wins a lock with an
  * expiry fetches; the others wait for its message on the fill channel and
- * read the entry it stored. If the winner dies, its lock expires and a
- * waiter takes over.
+ * read the entry it stored. The winner renews its lock while it fetches;
+ * if it dies, the lock expires within one short lifetime and a waiter
+ * takes over.
  */
 #ifndef STPROXY_FLIGHT_H
 #define STPROXY_FLIGHT_H
@@ -45,9 +46,14 @@ struct flight_answer {
 
 typedef void (*flight_done_fn)(const struct flight_answer *answer, void *arg);
 
-/* redis may be NULL. lock_ttl_ms bounds how long a dead fetcher blocks others. */
+/*
+ * redis may be NULL. A fetching process renews its lock every lock_ttl_ms/3,
+ * so a dead one blocks others at most about lock_ttl_ms; a live one is
+ * waited on for at most max_wait_ms (the upstream timeout and a margin).
+ */
 struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
-                            struct cache *cache, struct cache_redis *redis, long lock_ttl_ms);
+                            struct cache *cache, struct cache_redis *redis, long lock_ttl_ms,
+                            long max_wait_ms);
 void flights_free(struct flights *fl);
 
 /* Waits for key's flight, starting one if none is under way. fn is called

@@ -27,9 +27,9 @@
 #include "upstream.h"
 #include "version.h"
 
-#define DRAIN_DEADLINE_MS   10000 /* longest SIGTERM waits for in-flight requests */
 #define DRAIN_POLL_MS       20
 #define JANITOR_INTERVAL_MS 100
+#define FLIGHT_LOCK_TTL_MS  2000 /* a Redis flight lock not renewed for this long is free */
 
 /* Everything main() sets up, so that signal callbacks can reach it. */
 struct process {
@@ -178,9 +178,10 @@ static bool process_start(struct process *p, char *err, size_t errlen)
         config_redis_address_free(&addr);
     }
     p->cache = cache_new(p->redis, (size_t)p->cfg.cache_max_bytes);
-    /* A fetcher that dies holds others back at most one upstream timeout. */
-    p->flights =
-        flights_new(p->base, p->pool, p->cache, p->redis, p->cfg.upstream_timeout_ms + 2000);
+    /* A fetcher renews its 2 s lock while it works, so one that dies holds
+     * others back about 2 s; a live one is waited on for its whole fetch. */
+    p->flights = flights_new(p->base, p->pool, p->cache, p->redis, FLIGHT_LOCK_TTL_MS,
+                             p->cfg.upstream_timeout_ms + 2000);
     if (p->redis != NULL)
         cache_redis_set_message_arg(p->redis, p->flights);
 

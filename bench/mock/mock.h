@@ -12,6 +12,8 @@
  *   mock_data.c     the deterministic per-token world (devices, locations, rooms, scenes, modes),
  *                   the mutable device state, and the JSON rendering of all of it
  *   mock_admin.c    the plain-HTTP admin port: counters, the last request, run-time config
+ *   mock_fault.c    injected faults (fail_mode): error statuses, resets, hangs, garbage, and the
+ *                   connections and requests they hold
  *   mock_query.c    query-string parsing shared by both ports (decoded values, raw text)
  *   mock_json.c     JSON string escaping used by everything that writes JSON
  */
@@ -195,11 +197,29 @@ bool mock_command_run(struct mock_device *d, const char *body, size_t len, struc
 
 /* ---- mock_admin.c: counters, last request, run-time config ----------------------------- */
 
+/* How the API fails the requests that fail_path selects (POST /config?fail_mode=...). */
+enum mock_fail_mode {
+    MOCK_FAIL_NONE,    /* answer normally */
+    MOCK_FAIL_STATUS,  /* answer fail_status with a SmartThings error body */
+    MOCK_FAIL_RESET,   /* close the TCP/TLS connection without answering (RST) */
+    MOCK_FAIL_HANG,    /* never answer: hold the request until its client leaves or fail_mode is
+                          set again, which answers it 503 */
+    MOCK_FAIL_GARBAGE, /* answer bytes that are not HTTP, then close */
+};
+
+#define MOCK_FAIL_STATUS_DEFAULT 503
+#define MOCK_FAIL_PATH_MAX       256
+
 /* Settings that may change while running (POST /config?key=value on the admin port). The API
  * reads them on every request, so a new fault is a new field, a new row in mock_admin.c's
- * config table and a check in mock_api.c. */
+ * config table and a check in mock_api.c (or mock_fault.c). */
 struct mock_config {
-    long latency_ms; /* added before every API answer */
+    long latency_ms;  /* added before every API answer, injected failures included */
+    long fail_mode;   /* enum mock_fail_mode, kept as long for the config table */
+    long fail_status; /* the status MOCK_FAIL_STATUS answers */
+    long fail_count;  /* > 0: only this many more requests fail, then fail_mode goes back to
+                         none by itself; 0: every request fails until fail_mode is changed */
+    char fail_path[MOCK_FAIL_PATH_MAX]; /* only paths starting with this fail; "" = all */
 };
 
 extern struct mock_config mock_config;
@@ -209,6 +229,9 @@ extern struct mock_config mock_config;
 void mock_admin_note_request(struct evhttp_request *req, const char *token);
 /* Counts the status code of an API answer as it is sent. */
 void mock_admin_note_status(int status);
+/* Counts an API request that got no HTTP answer under its outcome ("reset", "hang",
+ * "garbage"), in the same by_status table. */
+void mock_admin_note_outcome(const char *outcome);
 /* The admin port's request callback (evhttp_set_gencb). */
 void mock_admin_handle(struct evhttp_request *req, void *arg);
 void mock_admin_shutdown(void);
@@ -223,5 +246,38 @@ void mock_api_init(struct event_base *base, const char *origin, char **tokens, s
 void mock_api_handle(struct evhttp_request *req, void *arg);
 /* Drops requests still waiting out their latency. Call before evhttp_free(). */
 void mock_api_shutdown(void);
+/* Answers req with a SmartThings error body {"requestId","error":{code,message,details:[]}}
+ * and X-Mock-Request-Id id. Does not count the status. req may be gone afterwards (as after any
+ * evhttp_send_reply()). */
+void mock_api_send_error(struct evhttp_request *req, unsigned long long id, int status,
+                         const char *code, const char *message);
+
+/* ---- mock_fault.c ----------------------------------------------------------------------- */
+
+/* The names of enum mock_fail_mode in order, as POST /config takes them; NULL-terminated. */
+extern const char *const mock_fail_mode_names[];
+
+/* The fate of one API request, decided when it arrives (so fail_count counts arrivals) and
+ * carried out after the configured latency. */
+struct mock_fault {
+    enum mock_fail_mode mode;
+    int status; /* for MOCK_FAIL_STATUS */
+};
+
+void mock_fault_init(struct event_base *base);
+/* Decides whether a request for path (query excluded) fails, using up one of fail_count if it
+ * does; when fail_count runs out, mock_config's fault goes back to none. */
+struct mock_fault mock_fault_take(const char *path);
+/* Fails req as f says (f.mode is not MOCK_FAIL_NONE) and counts the outcome. Takes req over:
+ * it is answered, closed with its connection, or held. */
+void mock_fault_apply(struct evhttp_request *req, unsigned long long id, struct mock_fault f);
+/* Puts the fault settings of cfg (fail_*) back to their defaults: no fault. */
+void mock_fault_clear(struct mock_config *cfg);
+/* Answers every held (hanging) request with a 503; called when fail_mode is set. */
+void mock_fault_release_held(void);
+/* How many requests are held right now. */
+size_t mock_fault_n_held(void);
+/* Drops held requests and connections being closed. Call before evhttp_free(). */
+void mock_fault_shutdown(void);
 
 #endif

@@ -6,11 +6,18 @@
  * POST /config accepts. The API side only calls mock_admin_note_request()/_note_status() and
  * reads mock_config; everything the tests see is rendered here.
  *
- *   GET  /counters      {"total":N,"by_path":{"GET /devices":n},"by_token":{..},"by_status":{..}}
+ *   GET  /counters      {"total":N,"by_path":{"GET /devices":n},"by_token":{..},"by_status":{..},
+ *                        "held":N}; by_status counts answers by status, and requests that got
+ *                        no HTTP answer under "reset", "hang" or "garbage"; held is how many
+ *                        hanging requests are held right now (not a counter: /reset keeps it)
  *   POST /reset         zeroes the counters and forgets the last request; device state stays
  *   GET  /last-request  {"method","uri","headers":[[name,value],...],"sni","body"}
  *   GET  /config        the current run-time config
- *   POST /config?k=v    changes it (all keys checked before any is applied)
+ *   POST /config?k=v    changes it (all keys checked before any is applied); see
+ *                       admin_config_keys for the keys. fail_mode=none also puts fail_status,
+ *                       fail_count and fail_path back to their defaults (unless the same request
+ *                       sets them), and setting fail_mode to anything answers the requests that
+ *                       fail_mode=hang holds with a 503
  *   GET  /healthz       "ok"
  */
 #include "mock.h"
@@ -50,6 +57,8 @@ struct admin_counters {
 /* How a config value is written in a query and stored in struct mock_config. */
 enum admin_config_type {
     CONFIG_LONG, /* a decimal integer between min and max, stored as long */
+    CONFIG_ENUM, /* one of names[], stored as its index in a long */
+    CONFIG_TEXT, /* printable text shorter than max bytes, stored in a char[max] */
 };
 
 /* One key of POST /config. A new fault (forced status, connection resets, per-token rate
@@ -57,19 +66,37 @@ enum admin_config_type {
 struct admin_config_key {
     const char *name;
     enum admin_config_type type;
-    size_t offset; /* of the field in struct mock_config */
-    long min, max;
+    size_t offset;            /* of the field in struct mock_config */
+    long min, max;            /* CONFIG_LONG: the range; CONFIG_TEXT: max is the field's size */
+    const char *const *names; /* CONFIG_ENUM: the values, NULL-terminated */
     const char *doc;
 };
 
+#define ADMIN_CFG(field) offsetof(struct mock_config, field)
+
 static const struct admin_config_key admin_config_keys[] = {
-    {"latency_ms", CONFIG_LONG, offsetof(struct mock_config, latency_ms), 0, 3600 * 1000,
-     "milliseconds added before every API answer"},
+    {"latency_ms", CONFIG_LONG, ADMIN_CFG(latency_ms), 0, 3600 * 1000, NULL,
+     "milliseconds added before every API answer (failures included)"},
+    {"fail_mode", CONFIG_ENUM, ADMIN_CFG(fail_mode), 0, 0, mock_fail_mode_names,
+     "none|status|reset|hang|garbage: how API requests fail; setting it releases held requests "
+     "with 503, none also resets the other fail_ keys"},
+    {"fail_status", CONFIG_LONG, ADMIN_CFG(fail_status), 100, 599, NULL,
+     "the status fail_mode=status answers, with an API error body (default 503)"},
+    {"fail_count", CONFIG_LONG, ADMIN_CFG(fail_count), 0, 1000000000, NULL,
+     "only the next N requests fail, then fail_mode is none again (0: until changed)"},
+    {"fail_path", CONFIG_TEXT, ADMIN_CFG(fail_path), 0, MOCK_FAIL_PATH_MAX, NULL,
+     "only requests whose path starts with this fail (default: all)"},
 };
 
 #define ADMIN_N_CONFIG_KEYS (sizeof(admin_config_keys) / sizeof(admin_config_keys[0]))
 
-struct mock_config mock_config = {.latency_ms = 0};
+struct mock_config mock_config = {
+    .latency_ms = 0,
+    .fail_mode = MOCK_FAIL_NONE,
+    .fail_status = MOCK_FAIL_STATUS_DEFAULT,
+    .fail_count = 0,
+    .fail_path = "",
+};
 
 static struct admin_counters admin_counters;
 /* The last API request rendered as JSON; NULL when none arrived since start or reset. */
@@ -248,6 +275,11 @@ void mock_admin_note_status(int status)
     admin_map_bump(&admin_counters.by_status, key);
 }
 
+void mock_admin_note_outcome(const char *outcome)
+{
+    admin_map_bump(&admin_counters.by_status, outcome);
+}
+
 /* ---- run-time config ---------------------------------------------------------------------- */
 
 /* The current config as one JSON object, one member per row of admin_config_keys. */
@@ -263,6 +295,12 @@ static void admin_config_json(struct evbuffer *out)
         case CONFIG_LONG:
             evbuffer_add_printf(out, "%ld", *(const long *)field);
             break;
+        case CONFIG_ENUM:
+            mock_json_cstr(out, key->names[*(const long *)field]);
+            break;
+        case CONFIG_TEXT:
+            mock_json_cstr(out, field);
+            break;
         }
     }
     evbuffer_add(out, "}", 1);
@@ -273,10 +311,29 @@ static MOCK_MUSTCHECK bool admin_config_parse(const struct admin_config_key *key
                                               struct mock_config *cfg)
 {
     char *field = (char *)cfg + key->offset;
+    size_t len;
 
     switch (key->type) {
     case CONFIG_LONG:
         return mock_query_long(value, key->min, key->max, (long *)field);
+    case CONFIG_ENUM:
+        for (long i = 0; key->names[i] != NULL; i++) {
+            if (strcmp(key->names[i], value) == 0) {
+                *(long *)field = i;
+                return true;
+            }
+        }
+        return false;
+    case CONFIG_TEXT:
+        len = strlen(value);
+        if (len >= (size_t)key->max)
+            return false;
+        for (size_t i = 0; i < len; i++) {
+            if ((unsigned char)value[i] < 0x20 || value[i] == 0x7f)
+                return false;
+        }
+        memcpy(field, value, len + 1);
+        return true;
     }
     return false;
 }
@@ -287,9 +344,18 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
 {
     struct mock_query params;
     struct mock_config staged = mock_config;
+    const char *fail_mode;
+    bool sets_fail_mode;
     int status = 200;
 
     mock_query_parse(&params, query);
+    /* fail_mode=none clears the whole fault first, so a later fault starts from the defaults
+     * rather than from whatever path or count an earlier test left; keys given along with it
+     * still apply. */
+    fail_mode = mock_query_get(&params, "fail_mode");
+    sets_fail_mode = fail_mode != NULL;
+    if (fail_mode != NULL && strcmp(fail_mode, mock_fail_mode_names[MOCK_FAIL_NONE]) == 0)
+        mock_fault_clear(&staged);
     for (size_t i = 0; i < params.n && status == 200; i++) {
         const struct mock_param *p = &params.params[i];
         const struct admin_config_key *key = NULL;
@@ -304,6 +370,8 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
             mock_json_cstr(out, key ? "bad value for config key" : "unknown config key");
             evbuffer_add_printf(out, ",\"key\":");
             mock_json_cstr(out, p->key);
+            evbuffer_add_printf(out, ",\"value\":");
+            mock_json_cstr(out, p->value);
             evbuffer_add_printf(out, ",\"keys\":{");
             for (size_t k = 0; k < ADMIN_N_CONFIG_KEYS; k++) {
                 evbuffer_add_printf(out, "%s\"%s\":", k ? "," : "", admin_config_keys[k].name);
@@ -318,6 +386,10 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
         return status;
     mock_config = staged;
     mock_log("config changed: %s", query ? query : "(nothing)");
+    /* Whatever fail_mode becomes, requests held by a hang end now, so none outlives the test
+     * that made it, and a test can end a hang on purpose. */
+    if (sets_fail_mode)
+        mock_fault_release_held();
     admin_config_json(out);
     return 200;
 }
@@ -336,7 +408,7 @@ static int admin_get_counters(struct evhttp_request *req, struct evbuffer *out)
     admin_map_json(out, &admin_counters.by_token);
     evbuffer_add_printf(out, ",\"by_status\":");
     admin_map_json(out, &admin_counters.by_status);
-    evbuffer_add(out, "}", 1);
+    evbuffer_add_printf(out, ",\"held\":%zu}", mock_fault_n_held());
     return 200;
 }
 

@@ -1,11 +1,13 @@
 /*
  * mock_api.c: the SmartThings API as the TLS port serves it.
  *
- * A request goes: mock_api_handle() counts it (mock_admin.c) and, when a latency is configured,
- * parks it on a one-shot timer; api_answer() then checks the bearer token, strips an optional
- * /v1, finds the route in api_routes[], runs its handler, which fills an evbuffer with JSON
- * from mock_data.c, and sends it with X-Mock-Request-Id. Owns the routing table, the /devices
- * filters, pagination links, SmartThings-shaped error bodies and the list of parked requests.
+ * A request goes: mock_api_handle() counts it (mock_admin.c), asks mock_fault.c whether it is
+ * to fail, and, when a latency is configured, parks it on a one-shot timer; then a failing
+ * request goes to mock_fault_apply() and the others to api_answer(), which checks the bearer
+ * token, strips an optional /v1, finds the route in api_routes[], runs its handler, which fills
+ * an evbuffer with JSON from mock_data.c, and sends it with X-Mock-Request-Id. Owns the routing
+ * table, the /devices filters, pagination links, SmartThings-shaped error bodies and the list of
+ * parked requests.
  */
 #include "mock.h"
 
@@ -37,6 +39,7 @@ struct api_call {
 struct api_pending {
     struct evhttp_request *req;
     unsigned long long id;
+    struct mock_fault fault; /* decided on arrival, carried out when the timer fires */
     struct api_pending *prev, *next;
 };
 
@@ -58,19 +61,25 @@ static struct api_pending *api_pending_list;
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
+/* Appends a SmartThings error body. The requestId is the same number as X-Mock-Request-Id, so a
+ * test can tie an error body seen through the proxy to one upstream request. */
+static void api_error_body(struct evbuffer *out, unsigned long long id, const char *code,
+                           const char *message)
+{
+    evbuffer_add_printf(out, "{\"requestId\":\"%llu\",\"error\":{\"code\":", id);
+    mock_json_cstr(out, code);
+    evbuffer_add_printf(out, ",\"message\":");
+    mock_json_cstr(out, message);
+    evbuffer_add_printf(out, ",\"details\":[]}}");
+}
+
 /* Replaces whatever the answer holds with a SmartThings error body. Handlers may have written
- * part of a body before finding the error, hence the drain. The requestId is the same number as
- * X-Mock-Request-Id, so a test can tie an error body seen through the proxy to one upstream
- * request. */
+ * part of a body before finding the error, hence the drain. */
 static void api_error(struct api_call *call, int status, const char *code, const char *message)
 {
     evbuffer_drain(call->body, evbuffer_get_length(call->body));
     call->status = status;
-    evbuffer_add_printf(call->body,
-                        "{\"requestId\":\"%llu\",\"error\":{\"code\":\"%s\",\"message\":", call->id,
-                        code);
-    mock_json_cstr(call->body, message);
-    evbuffer_add_printf(call->body, ",\"details\":[]}}");
+    api_error_body(call->body, call->id, code, message);
 }
 
 /* Unknown paths and unknown ids answer alike, as the real API does for another account's id. */
@@ -547,6 +556,28 @@ static bool api_token_accepted(const char *token)
     return false;
 }
 
+/* Adds the headers every API answer carries. */
+static void api_add_answer_headers(struct evhttp_request *req, unsigned long long id)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    char id_text[24];
+
+    snprintf(id_text, sizeof(id_text), "%llu", id);
+    evhttp_add_header(headers, "Content-Type", "application/json");
+    evhttp_add_header(headers, "X-Mock-Request-Id", id_text);
+}
+
+void mock_api_send_error(struct evhttp_request *req, unsigned long long id, int status,
+                         const char *code, const char *message)
+{
+    struct evbuffer *body = mock_xevbuffer();
+
+    api_error_body(body, id, code, message);
+    api_add_answer_headers(req, id);
+    evhttp_send_reply(req, status, NULL, body);
+    evbuffer_free(body);
+}
+
 /* Builds and sends the answer to req. After the send req may be gone: libevent frees it once
  * written, or at once if the client has already left. Auth comes before routing, so an unknown
  * path without a token is 401, not 404, as on the real API. */
@@ -555,9 +586,7 @@ static void api_answer(struct evhttp_request *req, unsigned long long id)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *token = api_bearer_token(req);
     struct api_call call = {.req = req, .id = id, .status = 200};
-    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
     char *path_copy;
-    char id_text[24];
 
     call.path = evhttp_uri_get_path(uri);
     if (call.path == NULL)
@@ -573,9 +602,7 @@ static void api_answer(struct evhttp_request *req, unsigned long long id)
         api_route(&call, path_copy);
     }
 
-    snprintf(id_text, sizeof(id_text), "%llu", id);
-    evhttp_add_header(headers, "Content-Type", "application/json");
-    evhttp_add_header(headers, "X-Mock-Request-Id", id_text);
+    api_add_answer_headers(req, id);
     mock_admin_note_status(call.status);
     evhttp_send_reply(req, call.status, NULL, call.body);
 
@@ -584,7 +611,16 @@ static void api_answer(struct evhttp_request *req, unsigned long long id)
     free(path_copy);
 }
 
-/* ---- latency ------------------------------------------------------------------------------ */
+/* ---- latency and faults ------------------------------------------------------------------- */
+
+/* Answers req, or fails it as decided on arrival. */
+static void api_dispatch(struct evhttp_request *req, unsigned long long id, struct mock_fault f)
+{
+    if (f.mode == MOCK_FAIL_NONE)
+        api_answer(req, id);
+    else
+        mock_fault_apply(req, id, f);
+}
 
 static void api_pending_unlink(struct api_pending *p)
 {
@@ -601,28 +637,34 @@ static void api_pending_fire(evutil_socket_t fd, short what, void *arg)
     struct api_pending *p = arg;
     struct evhttp_request *req = p->req;
     unsigned long long id = p->id;
+    struct mock_fault fault = p->fault;
 
     (void)fd;
     (void)what;
     api_pending_unlink(p);
     free(p);
     /* If the client gave up meanwhile, libevent has detached req from its connection and
-     * api_answer()'s send just frees it. */
-    api_answer(req, id);
+     * api_answer()'s send just frees it (mock_fault_apply() checks for that too). */
+    api_dispatch(req, id, fault);
 }
 
 void mock_api_handle(struct evhttp_request *req, void *arg)
 {
     unsigned long long id = ++api_request_seq;
     const char *token = api_bearer_token(req);
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     long latency = mock_config.latency_ms;
+    struct mock_fault fault;
     struct api_pending *p;
     struct timeval delay;
 
     (void)arg;
     mock_admin_note_request(req, token ? token : "");
+    /* Decided now, so fail_count=N fails the next N requests to arrive, whatever their
+     * latency; carried out after the latency, as a slow upstream that then fails would. */
+    fault = mock_fault_take(path ? path : "");
     if (latency <= 0) {
-        api_answer(req, id);
+        api_dispatch(req, id, fault);
         return;
     }
     /* The request was counted above, on arrival: a test that makes the mock slower than the
@@ -630,6 +672,7 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
     p = mock_xcalloc(1, sizeof(*p));
     p->req = req;
     p->id = id;
+    p->fault = fault;
     p->next = api_pending_list;
     if (api_pending_list != NULL)
         api_pending_list->prev = p;
@@ -641,7 +684,7 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
         mock_log("cannot schedule latency timer; answering request %llu at once", id);
         api_pending_unlink(p);
         free(p);
-        api_answer(req, id);
+        api_dispatch(req, id, fault);
     }
 }
 

@@ -472,6 +472,7 @@ int main(int argc, char **argv)
         goto done;
     }
     mock_api_init(base, origin, tokens, n_tokens);
+    mock_fault_init(base);
 
     api_http = main_http(base, mock_api_handle);
     evhttp_set_bevcb(api_http, main_tls_bufferevent, tls);
@@ -505,6 +506,7 @@ int main(int argc, char **argv)
     status = 0;
 done:
     mock_api_shutdown();
+    mock_fault_shutdown();
     if (api_http != NULL)
         evhttp_free(api_http);
     if (admin_http != NULL)

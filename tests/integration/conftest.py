@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from harness import Mock, Pki, Proxy, STMOCK, STPROXY
+from harness import REDIS_SERVER, Mock, Pki, Proxy, Redis, STMOCK, STPROXY
 
 
 def pytest_sessionstart(session):
@@ -55,6 +55,51 @@ def start_proxy(pki):
         return proxy
 
     yield start
+    failures = []
     for proxy in started:
         code = proxy.stop()
-        assert code == 0, f"stproxy exited with {code}:\n{proxy.output()}"
+        if code != 0 and not getattr(proxy, "killed", False):
+            failures.append(f"stproxy exited with {code}:\n{proxy.output()}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def start_redis():
+    """Starts real redis-servers on free loopback ports; all stopped at teardown."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip(f"{REDIS_SERVER} is not installed (Debian package redis-server)")
+    started = []
+
+    def start(**kwargs):
+        server = Redis(**kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis(start_redis):
+    return start_redis()
+
+
+class StoreEnv(dict):
+    """The proxy environment for one cache store; .name is "embedded" or
+    "redis", .redis the server (None for the embedded store)."""
+
+    def __init__(self, name, redis_server=None):
+        super().__init__({"STPROXY_REDIS": redis_server.url} if redis_server else {})
+        self.name = name
+        self.redis = redis_server
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request):
+    """Runs a test once per cache store: the env for start_proxy, {} for the
+    embedded store and {"STPROXY_REDIS": url} with a fresh Redis. List it
+    before start_proxy so that the proxy stops before its Redis does."""
+    if request.param == "redis":
+        return StoreEnv("redis", request.getfixturevalue("start_redis")())
+    return StoreEnv("embedded")
