@@ -72,9 +72,12 @@ struct cache_redis {
     int failures;     /* deadlines missed in a row */
     bool logged_down; /* "unavailable" said once per outage */
     char where[300];  /* host:port or socket path, for logs */
+    char *scripts[8]; /* Lua scripts loaded on every connect */
+    int nscripts;
 };
 
 static void start_connect(struct cache_redis *r);
+static void ignore_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 const char *cache_redis_state_name(enum redis_state state)
 {
@@ -87,6 +90,15 @@ const char *cache_redis_state_name(enum redis_state state)
         return "unavailable";
     }
     return "unknown";
+}
+
+void cache_redis_load_script(struct cache_redis *r, const char *script)
+{
+    if (r->nscripts == (int)(sizeof(r->scripts) / sizeof(r->scripts[0])))
+        abort(); /* a programming error: raise the array */
+    r->scripts[r->nscripts++] = xstrdup(script);
+    if (r->ac != NULL)
+        redisAsyncCommand(r->ac, ignore_reply, NULL, "SCRIPT LOAD %s", script);
 }
 
 void cache_redis_set_message_arg(struct cache_redis *r, void *arg)
@@ -108,7 +120,8 @@ static void set_state(struct cache_redis *r, enum redis_state state, const char 
                  r->where);
         r->logged_down = false;
     } else if (state == REDIS_DOWN && !r->logged_down) {
-        log_warn("redis: %s unavailable (%s); serving from the embedded cache and reconnecting",
+        log_warn("redis: %s unavailable (%s); serving from the embedded cache, with local budgets "
+                 "at a conservative share, and reconnecting",
                  r->where, why);
         r->logged_down = true;
     }
@@ -340,6 +353,10 @@ static void connect_resolved(struct cache_redis *r)
         return;
     }
     redisAsyncCommand(r->sub, message_cb, r, "SUBSCRIBE %s", r->channel);
+    /* Loaded before the PING that declares Redis up, so EVALSHA never meets
+     * a Redis that does not know the script yet. */
+    for (int i = 0; i < r->nscripts; i++)
+        redisAsyncCommand(r->ac, ignore_reply, NULL, "SCRIPT LOAD %s", r->scripts[i]);
     /* Commands are refused until PING answers; send it on the raw context. */
     {
         struct redis_op *op = xcalloc(1, sizeof(*op));
@@ -492,6 +509,8 @@ void cache_redis_free(struct cache_redis *r)
     if (r == NULL)
         return;
     cache_redis_shutdown(r);
+    for (int i = 0; i < r->nscripts; i++)
+        free(r->scripts[i]);
     event_free(r->retry_timer);
     event_free(r->connect_timer);
     evdns_base_free(r->dns, 0);

@@ -46,6 +46,10 @@ void cache_redis_free(struct cache_redis *r);
  * (their callers are being torn down). The first step of shutdown. */
 void cache_redis_shutdown(struct cache_redis *r);
 
+/* Has Redis load script (SCRIPT LOAD) now and after every reconnect, so that
+ * EVALSHA of its SHA-1 works. */
+void cache_redis_load_script(struct cache_redis *r, const char *script);
+
 /* Sets the argument on_message receives (when it is made after the connection). */
 void cache_redis_set_message_arg(struct cache_redis *r, void *arg);
 

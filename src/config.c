@@ -61,6 +61,14 @@ static const struct option_def options[] = {
         "redis://[:password@]host:port[/db] or unix:/path; unset = embedded cache only"),
     OPT("redis_timeout", OPT_DURATION, redis_timeout_ms, "500ms", false, false,
         "a Redis command or connect taking longer counts as a Redis failure"),
+    OPT("budget", OPT_BUDGET, budget, "250/60s", true, false,
+        "upstream requests per credential: at most N in any window W (N/W)"),
+    OPT("device_budget", OPT_BUDGET, device_budget, "12/60s", true, false,
+        "per device, for status reads and (separately) for commands: N/W"),
+    OPT("queue_timeout", OPT_DURATION, queue_timeout_ms, "5s", true, false,
+        "longest a request waits for budget before a 429"),
+    OPT("queue_max", OPT_COUNT, queue_max, "1000", true, false,
+        "requests waiting for budget at most; beyond, 429 at once"),
     OPT("cache_max_bytes", OPT_SIZE, cache_max_bytes, "64m", false, false,
         "memory bound of the embedded cache (least recently used entries go first)"),
     OPT("cache_not_found", OPT_DURATION0, cache_not_found_ms, "10s", true, false,
@@ -289,6 +297,11 @@ static bool parse_duration(const char *text, long *out, bool zero_ok)
     return true;
 }
 
+bool config_parse_duration(const char *text, long *ms)
+{
+    return parse_duration(text, ms, false);
+}
+
 /* Sets one option from text. On failure writes the reason into err. */
 static bool option_set(struct config *cfg, const struct option_def *opt, const char *value,
                        char *err, size_t errlen)
@@ -368,6 +381,13 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
             p->stale_ms = 0;
         return true;
     }
+    case OPT_BUDGET:
+        if (!budget_parse(value, (struct budget *)slot)) {
+            snprintf(err, errlen,
+                     "invalid budget \"%s\" (expected N/WINDOW, e.g. 250/60s, N from 1)", value);
+            return false;
+        }
+        return true;
     case OPT_REDIS_URL: {
         struct redis_address addr;
         if (!config_parse_redis(value, &addr)) {

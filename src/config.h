@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "limiter.h"
 #include "log.h"
 #include "route.h"
 
@@ -42,6 +43,10 @@ struct config {
     long cache_max_bytes;             /* embedded store bound */
     long cache_not_found_ms;          /* fresh TTL of a 404; 0 = not cached */
     struct cache_policy policies[ROUTE_CLASS_COUNT]; /* by path class */
+    struct budget budget;                            /* per credential */
+    struct budget device_budget;                     /* per device and kind */
+    long queue_timeout_ms;                           /* longest wait for budget */
+    long queue_max;                                  /* requests waiting at most */
     char *sources[64];                               /* where each option was last set, by table
                                          index: "FILE:LINE", "environment
                                          STPROXY_X"; NULL = default */
@@ -61,6 +66,7 @@ enum option_type {
     OPT_REDIS_URL,   /* redis://[:password@]host:port[/db] or unix:/path */
     OPT_POLICY,      /* FRESH[,STALE] durations; 0 = not cached */
     OPT_DURATION0,   /* a duration that may be 0 */
+    OPT_BUDGET,      /* N/WINDOW */
 };
 
 /* One row of the option table. */
@@ -98,6 +104,9 @@ struct redis_address {
     char *password; /* NULL when none */
     int db;
 };
+/* "500ms", "8s", "2m" or a bare number of seconds, > 0. */
+bool config_parse_duration(const char *text, long *ms) __attribute__((warn_unused_result));
+
 bool config_parse_redis(const char *text, struct redis_address *out)
     __attribute__((warn_unused_result));
 void config_redis_address_free(struct redis_address *addr);

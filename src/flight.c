@@ -40,6 +40,7 @@ static const char release_script[] =
 enum flight_state {
     FLIGHT_STARTING, /* created; starts on the next loop turn */
     FLIGHT_LOCKING,  /* asking Redis which process fetches */
+    FLIGHT_QUEUED,   /* this process will fetch, once the budget allows */
     FLIGHT_FETCHING, /* this process is fetching from the upstream */
     FLIGHT_REMOTE,   /* another process fetches; waiting for its fill message */
     FLIGHT_READING,  /* reading the entry another process stored */
@@ -67,7 +68,10 @@ struct flight {
     char device[160];
     bool has_device;
     bool is_status;
-    bool holds_lock;     /* this process won the Redis lock */
+    bool holds_lock; /* this process won the Redis lock */
+    bool background; /* a refresh: started with no waiter */
+    char client[80]; /* fairness key */
+    enum limiter_kind kind;
     int lock_rounds;     /* times the lock was found held by another */
     uint64_t epoch;      /* cache epoch when the fetch began */
     struct event *timer; /* start, or the remote holder's deadline */
@@ -79,6 +83,8 @@ struct flights {
     struct upstream_pool *pool;
     struct cache *cache;
     struct cache_redis *redis;
+    struct admission *admission; /* NULL: no budgets */
+    struct limiter *limiter;
     long lock_ttl_ms;    /* a lock not renewed for this long is free */
     int max_lock_rounds; /* waits on another process before fetching anyway */
     char lock_token[40]; /* identifies this process's locks */
@@ -135,6 +141,8 @@ static struct flight *flight_new(struct flights *fl, const char *key,
     f->has_device = spec->tags.device != NULL;
     snprintf(f->device, sizeof(f->device), "%s", spec->tags.device ? spec->tags.device : "");
     f->is_status = spec->tags.is_status;
+    snprintf(f->client, sizeof(f->client), "%s", spec->client ? spec->client : "-");
+    f->kind = spec->kind;
     TAILQ_INIT(&f->waiters);
     f->timer = evtimer_new(fl->base, flight_start_cb, f);
     f->next_in_bucket = fl->table[bucket_of(key)];
@@ -217,10 +225,17 @@ static void ignore_reply(bool ok, const redisReply *reply, void *arg)
     (void)arg;
 }
 
-/* Tells other processes the entry landed ("key") or the fetch failed ("!key"),
- * then gives up the lock. Sent after the store, on the same connection, so
- * Redis has the entry before anyone reads the message. */
-static void release_and_announce(struct flight *f, bool ok)
+/* How a fetch ended, for the fill message. */
+enum fill_outcome {
+    FILL_STORED,    /* "key": the entry is in Redis */
+    FILL_FAILED,    /* "!key": the upstream failed, or the answer is not cacheable */
+    FILL_THROTTLED, /* "?key": no budget in time */
+};
+
+/* Tells other processes how the fetch ended, then gives up the lock. Sent
+ * after the store, on the same connection, so Redis has the entry before
+ * anyone reads the message. */
+static void release_and_announce(struct flight *f, enum fill_outcome outcome)
 {
     struct flights *fl = f->fl;
     size_t len = strlen(f->key) + 2;
@@ -228,7 +243,8 @@ static void release_and_announce(struct flight *f, bool ok)
     const char *pub[] = {"PUBLISH", FLIGHT_FILL_CHANNEL, payload};
     const char *rel[] = {"EVAL", release_script, "1", f->lock_key, fl->lock_token};
 
-    snprintf(payload, len, "%s%s", ok ? "" : "!", f->key);
+    snprintf(payload, len, "%s%s",
+             outcome == FILL_STORED ? "" : (outcome == FILL_FAILED ? "!" : "?"), f->key);
     cache_redis_commandv(fl->redis, ignore_reply, NULL, 3, pub);
     cache_redis_commandv(fl->redis, ignore_reply, NULL, 5, rel);
     free(payload);
@@ -255,6 +271,10 @@ static void fetch_done(enum upstream_result result, struct upstream_response *re
     struct flight_answer answer = {.result = result, .detail = detail};
     bool stored = false;
 
+    if (result == UPSTREAM_OK && fl->limiter != NULL)
+        limiter_learn(fl->limiter, f->cred, f->has_device ? f->device : NULL, f->kind, resp->status,
+                      &resp->headers, (const char *)evbuffer_pullup(resp->body, -1),
+                      evbuffer_get_length(resp->body));
     if (result == UPSTREAM_OK) {
         long fresh = answer_ttl(f, resp->status);
         answer.status = resp->status;
@@ -285,7 +305,7 @@ static void fetch_done(enum upstream_result result, struct upstream_response *re
         answer.body = resp->body;
     }
     if (f->holds_lock && redis_usable(fl))
-        release_and_announce(f, stored);
+        release_and_announce(f, stored ? FILL_STORED : FILL_FAILED);
     flight_unlink(f);
     flight_deliver(f, &answer);
 }
@@ -312,13 +332,57 @@ static void renew_lock(struct flight *f)
     schedule_renewal(f);
 }
 
-static void flight_fetch(struct flight *f)
+static void flight_throttled(struct flight *f, int64_t retry_after_ms)
 {
+    struct flight_answer answer = {.result = UPSTREAM_OK,
+                                   .status = 429,
+                                   .throttled = true,
+                                   .retry_after_ms = retry_after_ms,
+                                   .detail = "the credential's upstream budget is spent"};
+    struct evkeyvalq none;
+
+    if (f->background)
+        metrics_inc(METRIC_THROTTLE_STALE); /* the entry stays stale a while longer */
+    if (f->holds_lock && redis_usable(f->fl))
+        release_and_announce(f, FILL_THROTTLED);
+    TAILQ_INIT(&none);
+    answer.headers = &none;
+    answer.body = evbuffer_new();
+    flight_unlink(f);
+    flight_deliver(f, &answer);
+    evbuffer_free(answer.body);
+}
+
+static void admitted(bool ok, int64_t retry_after_ms, void *arg)
+{
+    struct flight *f = arg;
+
+    if (!ok) {
+        flight_throttled(f, retry_after_ms);
+        return;
+    }
     f->state = FLIGHT_FETCHING;
     f->epoch = cache_epoch(f->fl->cache);
+    upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
+}
+
+static void flight_fetch(struct flight *f)
+{
+    struct admit_request req = {.cred = f->cred,
+                                .client = f->client,
+                                .device = f->has_device ? f->device : NULL,
+                                .kind = f->kind,
+                                .priority = ADMIT_READ};
+
+    f->state = FLIGHT_QUEUED;
     if (f->holds_lock)
         schedule_renewal(f);
-    upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
+    if (f->fl->admission == NULL)
+        admitted(true, 0, f);
+    else if (f->background)
+        admission_try(f->fl->admission, &req, admitted, f); /* a refresh never queues */
+    else
+        admission_request(f->fl->admission, &req, admitted, f);
 }
 
 /* ---- waiting for another process ---------------------------------------- */
@@ -396,7 +460,7 @@ static void flight_start_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
 
-    if (f->state == FLIGHT_FETCHING) {
+    if (f->state == FLIGHT_FETCHING || f->state == FLIGHT_QUEUED) {
         renew_lock(f);
         return;
     }
@@ -407,13 +471,19 @@ void flights_on_fill(const char *payload, size_t len, void *arg)
 {
     struct flights *fl = arg;
     bool failed = len > 0 && payload[0] == '!';
-    char *key = xstrndup(payload + failed, len - failed);
+    bool throttled = len > 0 && payload[0] == '?';
+    size_t skip = failed || throttled;
+    char *key = xstrndup(payload + skip, len - skip);
     struct flight *f = flight_find(fl, key);
 
     free(key);
     if (f == NULL || f->state != FLIGHT_REMOTE)
         return; /* ours, or nobody here waits for it */
     event_del(f->timer);
+    if (throttled) {
+        flight_throttled(f, 1000);
+        return;
+    }
     if (failed) {
         flight_fail(f, UPSTREAM_BAD_RESPONSE,
                     "the identical request another proxy process made upstream failed");
@@ -456,6 +526,7 @@ void flight_refresh(struct flights *fl, const char *key, const struct flight_spe
         return; /* already being fetched: that is the refresh */
     metrics_inc(METRIC_REFRESHES);
     f = flight_new(fl, key, spec);
+    f->background = true;
     start_soon(f);
 }
 
@@ -480,6 +551,12 @@ struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
     return fl;
 }
 
+void flights_set_budgets(struct flights *fl, struct admission *adm, struct limiter *lim)
+{
+    fl->admission = adm;
+    fl->limiter = lim;
+}
+
 void flights_free(struct flights *fl)
 {
     if (fl == NULL)
@@ -487,7 +564,7 @@ void flights_free(struct flights *fl)
     for (size_t i = 0; i < TABLE_SIZE; i++) {
         while (fl->table[i] != NULL) {
             struct flight *f = fl->table[i];
-            if (f->state == FLIGHT_FETCHING) {
+            if (f->state == FLIGHT_FETCHING || f->state == FLIGHT_QUEUED) {
                 /* The upstream pool answers it while it shuts down. */
                 fl->table[i] = f->next_in_bucket;
                 f->next_in_bucket = NULL;

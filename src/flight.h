@@ -17,8 +17,10 @@
 
 #include <event2/keyvalq_struct.h>
 
+#include "admission.h"
 #include "cache.h"
 #include "config.h"
+#include "limiter.h"
 #include "upstream.h"
 
 struct event_base;
@@ -33,6 +35,8 @@ struct flight_spec {
     struct cache_policy policy;      /* of the path class */
     long not_found_ms;               /* fresh TTL of a 404; 0 = not cached */
     struct cache_tags tags;
+    const char *client;     /* fairness key for the admission queue */
+    enum limiter_kind kind; /* which device budget, if any */
 };
 
 /* The outcome every waiter of a flight receives (borrowed during the call). */
@@ -42,6 +46,8 @@ struct flight_answer {
     const struct evkeyvalq *headers; /* upstream's, or Content-Type from an entry */
     struct evbuffer *body;           /* read-only for waiters */
     const char *detail;              /* on failure */
+    bool throttled;                  /* no budget in time: answer 429 */
+    int64_t retry_after_ms;          /* with throttled */
 };
 
 typedef void (*flight_done_fn)(const struct flight_answer *answer, void *arg);
@@ -54,6 +60,8 @@ typedef void (*flight_done_fn)(const struct flight_answer *answer, void *arg);
 struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
                             struct cache *cache, struct cache_redis *redis, long lock_ttl_ms,
                             long max_wait_ms);
+/* Fetches ask adm for budget and teach lim from the answers. */
+void flights_set_budgets(struct flights *fl, struct admission *adm, struct limiter *lim);
 void flights_free(struct flights *fl);
 
 /* Waits for key's flight, starting one if none is under way. fn is called

@@ -21,6 +21,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "admission.h"
 #include "cache.h"
 #include "config.h"
 #include "credential.h"
@@ -48,6 +49,7 @@ enum preq_state {
     PREQ_RECEIVED, /* parsed, being checked */
     PREQ_LOOKUP,   /* a read asking the cache */
     PREQ_FLIGHT,   /* a read waiting on a flight (its own fetch or another's) */
+    PREQ_QUEUED,   /* a write (or uncacheable read) waiting for budget */
     PREQ_UPSTREAM, /* a write (or uncacheable read) waiting for the upstream */
     PREQ_ANSWERED, /* answer sent; about to be freed */
 };
@@ -321,6 +323,23 @@ static void invalidate_after_write(struct proxy_request *pr, int status)
     }
 }
 
+/* Which device budget a request draws from, besides the credential's. */
+static enum limiter_kind limiter_kind_of(enum route_class cls)
+{
+    if (route_is_status(cls))
+        return LIMIT_STATUS;
+    if (cls == ROUTE_DEVICE_COMMANDS || cls == ROUTE_DEVICE_EVENTS)
+        return LIMIT_COMMAND;
+    return LIMIT_OVERALL_ONLY;
+}
+
+/* The fairness key: the client's name in shared mode; in pass-through mode
+ * the token is the client (its requests form their own credential). */
+static const char *fairness_key(const struct proxy_request *pr)
+{
+    return pr->fwd->parts.credentials->mode == CREDENTIAL_SHARED ? pr->cred.client : pr->cred.id;
+}
+
 static void upstream_done(enum upstream_result result, struct upstream_response *resp,
                           const char *detail, void *arg)
 {
@@ -331,6 +350,15 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
     if (result != UPSTREAM_OK) {
         answer_upstream_failure(pr, result, detail);
         return;
+    }
+    {
+        char device[ROUTE_ID_MAX];
+        if (pr->route.device_id[0] != '\0')
+            route_key_device(pr->route.device_id, device);
+        limiter_learn(
+            pr->fwd->parts.limiter, pr->cred.id, pr->route.device_id[0] != '\0' ? device : NULL,
+            limiter_kind_of(pr->route.cls), resp->status, &resp->headers,
+            (const char *)evbuffer_pullup(resp->body, -1), evbuffer_get_length(resp->body));
     }
     invalidate_after_write(pr, resp->status);
     send_answer(pr, resp->status, &resp->headers, NULL,
@@ -372,12 +400,29 @@ static void clear_headers(struct evkeyvalq *headers)
     evhttp_clear_headers(headers);
 }
 
-/* Sends a request that is not cached straight upstream. */
-static void send_upstream(struct proxy_request *pr)
+/* Answers 429 in the API's shape with Retry-After (whole seconds, >= 1). */
+static void answer_throttled(struct proxy_request *pr, int64_t retry_after_ms)
 {
+    char retry[24];
+    long seconds = (long)((retry_after_ms + 999) / 1000);
+
+    snprintf(retry, sizeof(retry), "%ld", seconds < 1 ? 1 : seconds);
+    evhttp_add_header(evhttp_request_get_output_headers(pr->req), "Retry-After", retry);
+    preq_fail(pr, 429, "TooManyRequestError",
+              "The proxy is pacing this credential's requests to stay within its SmartThings "
+              "rate limit; retry after the time in Retry-After");
+}
+
+static void send_admitted(bool admitted, int64_t retry_after_ms, void *arg)
+{
+    struct proxy_request *pr = arg;
     struct evkeyvalq headers;
     char *target;
 
+    if (!admitted) {
+        answer_throttled(pr, retry_after_ms);
+        return;
+    }
     upstream_headers(pr, &headers);
     target = upstream_target(pr);
     pr->state = PREQ_UPSTREAM;
@@ -387,6 +432,26 @@ static void send_upstream(struct proxy_request *pr)
     free(target);
 }
 
+/* Sends a request that is not cached upstream, once the budget allows:
+ * writes first in the queue, anything else as a read. */
+static void send_upstream(struct proxy_request *pr)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(pr->req);
+    char device[ROUTE_ID_MAX];
+    struct admit_request req = {
+        .cred = pr->cred.id,
+        .client = fairness_key(pr),
+        .kind = limiter_kind_of(pr->route.cls),
+        .priority = (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) ? ADMIT_READ : ADMIT_COMMAND};
+
+    if (pr->route.device_id[0] != '\0') {
+        route_key_device(pr->route.device_id, device);
+        req.device = device;
+    }
+    pr->state = PREQ_QUEUED;
+    admission_request(pr->fwd->parts.admission, &req, send_admitted, pr);
+}
+
 /* ---- reads through the cache -------------------------------------------- */
 
 static void flight_done(const struct flight_answer *answer, void *arg)
@@ -394,6 +459,10 @@ static void flight_done(const struct flight_answer *answer, void *arg)
     struct proxy_request *pr = arg;
 
     pr->upstream_seconds = seconds_since(&pr->started);
+    if (answer->throttled) {
+        answer_throttled(pr, answer->retry_after_ms);
+        return;
+    }
     if (answer->result != UPSTREAM_OK) {
         answer_upstream_failure(pr, answer->result, answer->detail);
         return;
@@ -424,6 +493,8 @@ static void start_flight(struct proxy_request *pr, bool background)
     spec.tags.cred = pr->cred.id;
     spec.tags.device = pr->route.device_id[0] != '\0' ? device : NULL;
     spec.tags.is_status = route_is_status(pr->route.cls);
+    spec.client = fairness_key(pr);
+    spec.kind = limiter_kind_of(pr->route.cls);
     if (background) {
         flight_refresh(pr->fwd->parts.flights, pr->cache_key, &spec);
     } else {

@@ -17,6 +17,8 @@ struct upstream_pool;
 struct credential_store;
 struct cache;
 struct flights;
+struct admission;
+struct limiter;
 struct config;
 struct forward;
 
@@ -33,6 +35,8 @@ struct forward_parts {
     const struct credential_store *credentials;
     struct cache *cache;
     struct flights *flights;
+    struct admission *admission;
+    struct limiter *limiter;
 };
 
 struct forward *forward_new(const struct forward_settings *settings,

@@ -14,6 +14,7 @@
 #include <openssl/ssl.h>
 
 #include "admin.h"
+#include "admission.h"
 #include "cache.h"
 #include "cache_redis.h"
 #include "config.h"
@@ -41,6 +42,8 @@ struct process {
     struct cache_redis *redis; /* NULL without STPROXY_REDIS */
     struct cache *cache;
     struct flights *flights;
+    struct limiter *limiter;
+    struct admission *admission;
     struct forward *fwd;
     struct admin *admin;
     struct server *client;
@@ -88,6 +91,7 @@ static void housekeeping(uint64_t now_ms, void *arg)
     server_sweep(p->client);
     server_sweep(p->admin_server);
     cache_housekeeping(p->cache, now_ms);
+    limiter_housekeeping(p->limiter, (int64_t)now_ms);
 }
 
 static void drain_check(evutil_socket_t fd, short what, void *arg)
@@ -184,6 +188,9 @@ static bool process_start(struct process *p, char *err, size_t errlen)
                              p->cfg.upstream_timeout_ms + 2000);
     if (p->redis != NULL)
         cache_redis_set_message_arg(p->redis, p->flights);
+    p->limiter = limiter_new(p->base, p->redis, &p->cfg.budget, &p->cfg.device_budget);
+    p->admission = admission_new(p->base, p->limiter, p->cfg.queue_timeout_ms, p->cfg.queue_max);
+    flights_set_budgets(p->flights, p->admission, p->limiter);
 
     /* Links are matched against the canonical origin: no trailing slash,
      * no default port. */
@@ -202,6 +209,8 @@ static bool process_start(struct process *p, char *err, size_t errlen)
         parts.credentials = &p->credentials;
         parts.cache = p->cache;
         parts.flights = p->flights;
+        parts.admission = p->admission;
+        parts.limiter = p->limiter;
         p->fwd = forward_new(&fs, &parts);
     }
     free(host);
@@ -239,9 +248,12 @@ static void process_stop(struct process *p)
 {
     janitor_free(p->janitor);
     cache_redis_shutdown(p->redis);
+    /* Queued requests are refused first: none may reach the pool after it. */
+    admission_free(p->admission);
     if (p->pool != NULL)
         upstream_pool_free(p->pool);
     flights_free(p->flights);
+    limiter_free(p->limiter);
     cache_free(p->cache);
     cache_redis_free(p->redis);
     server_free(p->client);

@@ -54,6 +54,19 @@
     X(REDIS_UP, GAUGE, "stproxy_redis_up", "1 while Redis is connected and answering, else 0")     \
     X(REDIS_ERRORS, COUNTER, "stproxy_redis_errors_total",                                         \
       "Redis commands that failed or missed their deadline")                                       \
+    X(THROTTLE_ADMITTED, COUNTER, "stproxy_throttle_admitted_total",                               \
+      "Upstream requests admitted by the budgets (at once or after queueing)")                     \
+    X(THROTTLE_QUEUED, COUNTER, "stproxy_throttle_queued_total",                                   \
+      "Requests that waited in the admission queue for budget")                                    \
+    X(THROTTLE_QUEUE_WAIT, HISTOGRAM, "stproxy_throttle_queue_wait_seconds",                       \
+      "Time requests waited in the admission queue")                                               \
+    X(THROTTLE_QUEUE_DEPTH, GAUGE, "stproxy_throttle_queue_depth",                                 \
+      "Requests waiting in the admission queue now")                                               \
+    X(THROTTLE_STALE, COUNTER, "stproxy_throttle_stale_total",                                     \
+      "Stale answers whose refresh the budget did not allow (the entry stays stale)")              \
+    X(THROTTLE_REJECTED, COUNTER, "stproxy_throttle_rejected_total",                               \
+      "Requests answered 429 by the proxy: no budget in time, or the queue full")                  \
+    X(UPSTREAM_429, COUNTER, "stproxy_upstream_429_total", "429 answers from the upstream")        \
     X(TARGET_REFUSED, COUNTER, "stproxy_target_refused_total",                                     \
       "Requests refused for their target: foreign host, CONNECT, path tricks")
 
