@@ -92,6 +92,13 @@ struct limiter {
 void gcra_from_budget(const struct budget *b, struct gcra *out)
 {
     long burst = b->count / 4;
+    /* Requests admitted together do not reach the upstream in the same
+     * order and with the same delay; a window 2% (at least 20 ms) longer
+     * than the upstream's keeps that jitter from pushing N+1 into one. */
+    long margin = b->window_ms / 50 > 20 ? b->window_ms / 50 : 20;
+    struct budget stretched = {b->count, b->window_ms + margin};
+
+    b = &stretched;
 
     if (burst < 1)
         burst = 1;
