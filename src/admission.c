@@ -53,9 +53,11 @@ struct ticket {
 };
 TAILQ_HEAD(ticket_list, ticket);
 
-/* The reads of one client, in arrival order. */
+/* The reads of one client, in arrival order. Kept while its credential
+ * has a queue, so a client keeps its place between its requests. */
 struct client_queue {
-    TAILQ_ENTRY(client_queue) ring; /* in q->clients while it has tickets */
+    TAILQ_ENTRY(client_queue) ring; /* in q->clients */
+    uint64_t last_served;           /* q->served when it was last admitted; 0 = never */
     struct credq *q;
     char name[72];
     struct ticket_list tickets;
@@ -68,7 +70,8 @@ struct credq {
     struct admission *adm;
     char cred[72];
     struct ticket_list commands;
-    struct client_ring clients; /* round-robin: the head goes next */
+    struct client_ring clients; /* every client that queued while q lived */
+    uint64_t served;            /* admissions so far: orders clients by turn */
     int count;                  /* tickets queued */
     struct ticket *current;     /* being checked, or NULL */
     bool in_pump;
@@ -130,6 +133,17 @@ static struct credq *credq_get(struct admission *adm, const char *cred)
     return q;
 }
 
+static void credq_destroy(struct credq *q)
+{
+    struct client_queue *cq;
+    while ((cq = TAILQ_FIRST(&q->clients)) != NULL) {
+        TAILQ_REMOVE(&q->clients, cq, ring);
+        free(cq);
+    }
+    event_free(q->wake);
+    free(q);
+}
+
 /* Frees a credential's queue once nothing is in it or running. */
 static void credq_maybe_free(struct credq *q)
 {
@@ -145,8 +159,7 @@ static void credq_maybe_free(struct credq *q)
     while (*link != q)
         link = &(*link)->next_in_bucket;
     *link = q->next_in_bucket;
-    event_free(q->wake);
-    free(q);
+    credq_destroy(q);
 }
 
 /* Takes a ticket out of its queue (not freed). */
@@ -158,10 +171,6 @@ static void ticket_unlink(struct ticket *t)
         TAILQ_REMOVE(&q->commands, t, link);
     } else {
         TAILQ_REMOVE(&t->cq->tickets, t, link);
-        if (TAILQ_EMPTY(&t->cq->tickets)) {
-            TAILQ_REMOVE(&q->clients, t->cq, ring);
-            free(t->cq);
-        }
         t->cq = NULL;
     }
     q->count--;
@@ -216,12 +225,14 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     credq_maybe_free(q);
 }
 
-/* The next ticket to try: a command, else the first client in the ring
- * whose head is not set aside; that client moves to the back. */
+/* The next ticket to try: a command, else the first ticket (not set aside)
+ * of the client served longest ago. A client keeps its turn until one of
+ * its tickets is admitted, so "not yet" never costs it its place, and a
+ * client that asks one request at a time alternates with a greedy one. */
 static struct ticket *pick(struct credq *q, int64_t now, int64_t *earliest)
 {
-    struct ticket *t;
-    struct client_queue *cq;
+    struct ticket *t, *best = NULL;
+    struct client_queue *cq, *best_cq = NULL;
 
     *earliest = 0;
     TAILQ_FOREACH(t, &q->commands, link)
@@ -233,18 +244,20 @@ static struct ticket *pick(struct credq *q, int64_t now, int64_t *earliest)
     }
     TAILQ_FOREACH(cq, &q->clients, ring)
     {
+        if (best_cq != NULL && cq->last_served >= best_cq->last_served)
+            continue;
         TAILQ_FOREACH(t, &cq->tickets, link)
         {
             if (t->not_before_ms <= now) {
-                TAILQ_REMOVE(&q->clients, cq, ring);
-                TAILQ_INSERT_TAIL(&q->clients, cq, ring);
-                return t;
+                best = t;
+                best_cq = cq;
+                break;
             }
             if (*earliest == 0 || t->not_before_ms < *earliest)
                 *earliest = t->not_before_ms;
         }
     }
-    return NULL;
+    return best;
 }
 
 static void schedule_wake(struct credq *q, int64_t ms)
@@ -267,6 +280,8 @@ static bool apply_verdict(struct credq *q)
     q->current = NULL;
     t->state = TICKET_WAITING;
     if (v->allowed || expired) {
+        if (v->allowed && t->cq != NULL)
+            t->cq->last_served = ++q->served; /* its turn is used */
         ticket_unlink(t);
         ticket_finish(t, v->allowed, v->allowed ? 0 : v->wait_ms);
         return true;
@@ -378,39 +393,6 @@ void admission_request(struct admission *adm, const struct admit_request *req, a
     pump(q);
 }
 
-/* A one-shot check waiting for the limiter. */
-struct attempt {
-    admit_fn fn;
-    void *arg;
-};
-
-static void attempt_cb(const struct limiter_verdict *v, void *arg)
-{
-    struct attempt *a = arg;
-    if (v->allowed)
-        metrics_inc(METRIC_THROTTLE_ADMITTED);
-    a->fn(v->allowed, v->wait_ms, a->arg);
-    free(a);
-}
-
-void admission_try(struct admission *adm, const struct admit_request *req, admit_fn fn, void *arg)
-{
-    struct attempt *a = xcalloc(1, sizeof(*a));
-    struct credq *q;
-
-    a->fn = fn;
-    a->arg = arg;
-    /* Requests already waiting for this credential go first. */
-    for (q = adm->table[slot_of(req->cred)]; q != NULL; q = q->next_in_bucket) {
-        if (strcmp(q->cred, req->cred) == 0 && q->count > 0) {
-            fn(false, retry_estimate(q), arg);
-            free(a);
-            return;
-        }
-    }
-    limiter_check(adm->lim, req->cred, req->device, req->kind, attempt_cb, a);
-}
-
 struct admission *admission_new(struct event_base *base, struct limiter *lim, long queue_timeout_ms,
                                 long queue_max)
 {
@@ -436,14 +418,15 @@ void admission_free(struct admission *adm)
                 ticket_unlink(t);
                 ticket_finish(t, false, 1000);
             }
-            while ((cq = TAILQ_FIRST(&q->clients)) != NULL) {
-                t = TAILQ_FIRST(&cq->tickets);
-                ticket_unlink(t);
-                ticket_finish(t, false, 1000);
+            TAILQ_FOREACH(cq, &q->clients, ring)
+            {
+                while ((t = TAILQ_FIRST(&cq->tickets)) != NULL) {
+                    ticket_unlink(t);
+                    ticket_finish(t, false, 1000);
+                }
             }
             adm->table[i] = q->next_in_bucket;
-            event_free(q->wake);
-            free(q);
+            credq_destroy(q);
         }
     }
     free(adm);

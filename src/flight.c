@@ -377,10 +377,11 @@ static void flight_fetch(struct flight *f)
     f->state = FLIGHT_QUEUED;
     if (f->holds_lock)
         schedule_renewal(f);
+    /* A refresh queues like a read, in its client's turn: its client was
+     * already answered (STALE), and refreshes taken first-come would let
+     * one device lose the race for budget again and again. */
     if (f->fl->admission == NULL)
         admitted(true, 0, f);
-    else if (f->background)
-        admission_try(f->fl->admission, &req, admitted, f); /* a refresh never queues */
     else
         admission_request(f->fl->admission, &req, admitted, f);
 }

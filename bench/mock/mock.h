@@ -14,6 +14,9 @@
  *   mock_admin.c    the plain-HTTP admin port: counters, the last request, run-time config
  *   mock_fault.c    injected faults (fail_mode): error statuses, resets, hangs, garbage, and the
  *                   connections and requests they hold
+ *   mock_limit.c    rate limits (per token and per device, fixed windows), injected 429s, the
+ *                   X-RateLimit-* headers and the real 429 body, and the window records /counters
+ *                   reports
  *   mock_query.c    query-string parsing shared by both ports (decoded values, raw text)
  *   mock_json.c     JSON string escaping used by everything that writes JSON
  */
@@ -22,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -220,7 +224,23 @@ struct mock_config {
     long fail_count;  /* > 0: only this many more requests fail, then fail_mode goes back to
                          none by itself; 0: every request fails until fail_mode is changed */
     char fail_path[MOCK_FAIL_PATH_MAX]; /* only paths starting with this fail; "" = all */
+    long rate_limit;                    /* per token: API requests per fixed window; 0 = no limit */
+    long rate_window_ms;                /* that window (also the length of the sliding counts) */
+    long device_limit; /* per (token, device, status|command): requests per window; 0 = none */
+    long device_window_ms;
+    long reset_unit;      /* enum mock_reset_unit: what X-RateLimit-Reset counts */
+    long inject_429;      /* > 0: this many more API requests get a 429, whatever the limits */
+    long inject_retry_ms; /* the "retry in M millis" (and Reset) of an injected 429 */
 };
+
+/* The unit of X-RateLimit-Reset (POST /config?reset_unit=ms|s). */
+enum mock_reset_unit {
+    MOCK_RESET_MILLIS,
+    MOCK_RESET_SECONDS,
+};
+
+#define MOCK_WINDOW_MS_DEFAULT       60000
+#define MOCK_INJECT_RETRY_MS_DEFAULT 1000
 
 extern struct mock_config mock_config;
 
@@ -251,6 +271,54 @@ void mock_api_shutdown(void);
  * evhttp_send_reply()). */
 void mock_api_send_error(struct evhttp_request *req, unsigned long long id, int status,
                          const char *code, const char *message);
+
+/* ---- mock_limit.c ----------------------------------------------------------------------- */
+
+/* The names of enum mock_reset_unit in order, as POST /config takes them; NULL-terminated. */
+extern const char *const mock_reset_unit_names[];
+
+/* Why a request gets a 429 from the limits. */
+enum mock_limit_reason {
+    MOCK_LIMIT_NONE,     /* answer normally */
+    MOCK_LIMIT_INJECTED, /* inject_429 */
+    MOCK_LIMIT_TOKEN,    /* over rate_limit in the token's window */
+    MOCK_LIMIT_DEVICE,   /* over device_limit in the device's window */
+};
+
+/* What the limits decided for one request on its arrival; carried out when it is answered. */
+struct mock_limit_verdict {
+    enum mock_limit_reason reason;
+    bool headers;               /* send the X-RateLimit-* headers */
+    long limit;                 /* X-RateLimit-Limit; < 0 leaves the header out */
+    long remaining;             /* X-RateLimit-Remaining */
+    int64_t reset_at;           /* when the window (or the injected wait) ends, mock_limit_now() */
+    unsigned long long attempt; /* K in "attempt K limit N - retry in M millis" */
+    long message_limit;         /* N in the same */
+};
+
+void mock_limit_init(void);
+void mock_limit_shutdown(void);
+/* Monotonic microseconds. */
+int64_t mock_limit_now(void);
+/* Counts an API request with an accepted token on its arrival and decides whether it gets a 429
+ * (using up one inject_429 if set). path excludes the query. */
+struct mock_limit_verdict mock_limit_take(const char *token, enum evhttp_cmd_type method,
+                                          const char *path);
+/* Adds the X-RateLimit-* headers the verdict calls for, Reset counted from now. */
+void mock_limit_add_headers(struct evhttp_request *req, const struct mock_limit_verdict *v);
+/* Appends the real API's 429 body for a limited verdict and counts it as sent. */
+void mock_limit_error_body(struct evbuffer *out, unsigned long long id,
+                           const struct mock_limit_verdict *v);
+/* Appends the /counters members "rate_limited", "max_in_window", "max_in_sliding_window" and
+ * "device_max_in_window" (no braces, no leading comma). */
+void mock_limit_counters_json(struct evbuffer *out);
+/* GET /arrivals: {"token":[[ms since start or reset, 1 if it got a 429 from a limit],...]}. */
+void mock_limit_arrivals_json(struct evbuffer *out);
+/* POST /config set a token limit key (rate_limit, rate_window_ms) or a device one: those
+ * windows start again at each key's next request. */
+void mock_limit_config_changed(bool token_limit, bool device_limit);
+/* POST /reset: forgets every window, record and arrival. */
+void mock_limit_reset(void);
 
 /* ---- mock_fault.c ----------------------------------------------------------------------- */
 

@@ -7,10 +7,20 @@
  * reads mock_config; everything the tests see is rendered here.
  *
  *   GET  /counters      {"total":N,"by_path":{"GET /devices":n},"by_token":{..},"by_status":{..},
- *                        "held":N}; by_status counts answers by status, and requests that got
+ *                        "held":N,"rate_limited":N,"max_in_window":{token:n},
+ *                        "max_in_sliding_window":{token:n},
+ *                        "device_max_in_window":{"token device status|command":n}};
+ *                        by_status counts answers by status, and requests that got
  *                        no HTTP answer under "reset", "hang" or "garbage"; held is how many
- *                        hanging requests are held right now (not a counter: /reset keeps it)
- *   POST /reset         zeroes the counters and forgets the last request; device state stays
+ *                        hanging requests are held right now (not a counter: /reset keeps it);
+ *                        rate_limited counts the 429s of the limits and of inject_429; the max_
+ *                        members are the most requests a token (or device and kind) had in one
+ *                        fixed window of its limit, and in any interval of rate_window_ms
+ *                        (mock_limit.c)
+ *   GET  /arrivals      {"token":[[ms since start or reset, 1 if limited else 0],...]}: the
+ *                        arrival times mock_limit.c keeps (the last 4096 per token)
+ *   POST /reset         zeroes the counters, forgets the last request and restarts every limit
+ *                        window; device state and config stay
  *   GET  /last-request  {"method","uri","headers":[[name,value],...],"sni","body"}
  *   GET  /config        the current run-time config
  *   POST /config?k=v    changes it (all keys checked before any is applied); see
@@ -86,6 +96,22 @@ static const struct admin_config_key admin_config_keys[] = {
      "only the next N requests fail, then fail_mode is none again (0: until changed)"},
     {"fail_path", CONFIG_TEXT, ADMIN_CFG(fail_path), 0, MOCK_FAIL_PATH_MAX, NULL,
      "only requests whose path starts with this fail (default: all)"},
+    {"rate_limit", CONFIG_LONG, ADMIN_CFG(rate_limit), 0, 1000000000, NULL,
+     "per bearer token: API requests per fixed window of rate_window_ms, then 429 (0: off); "
+     "setting it restarts the windows"},
+    {"rate_window_ms", CONFIG_LONG, ADMIN_CFG(rate_window_ms), 1, 86400 * 1000, NULL,
+     "the per-token window, also the length of max_in_sliding_window (default 60000)"},
+    {"device_limit", CONFIG_LONG, ADMIN_CFG(device_limit), 0, 1000000000, NULL,
+     "per (token, device, status|command): requests per fixed window of device_window_ms, then "
+     "429 (0: off); setting it restarts the windows"},
+    {"device_window_ms", CONFIG_LONG, ADMIN_CFG(device_window_ms), 1, 86400 * 1000, NULL,
+     "the per-device window (default 60000)"},
+    {"reset_unit", CONFIG_ENUM, ADMIN_CFG(reset_unit), 0, 0, mock_reset_unit_names,
+     "ms|s: X-RateLimit-Reset in milliseconds (default) or seconds rounded up"},
+    {"inject_429", CONFIG_LONG, ADMIN_CFG(inject_429), 0, 1000000000, NULL,
+     "the next N API requests get a 429 with retry in inject_retry_ms, whatever the limits"},
+    {"inject_retry_ms", CONFIG_LONG, ADMIN_CFG(inject_retry_ms), 0, 86400 * 1000, NULL,
+     "the retry time (and X-RateLimit-Reset) of an injected 429 (default 1000)"},
 };
 
 #define ADMIN_N_CONFIG_KEYS (sizeof(admin_config_keys) / sizeof(admin_config_keys[0]))
@@ -96,6 +122,13 @@ struct mock_config mock_config = {
     .fail_status = MOCK_FAIL_STATUS_DEFAULT,
     .fail_count = 0,
     .fail_path = "",
+    .rate_limit = 0,
+    .rate_window_ms = MOCK_WINDOW_MS_DEFAULT,
+    .device_limit = 0,
+    .device_window_ms = MOCK_WINDOW_MS_DEFAULT,
+    .reset_unit = MOCK_RESET_MILLIS,
+    .inject_429 = 0,
+    .inject_retry_ms = MOCK_INJECT_RETRY_MS_DEFAULT,
 };
 
 static struct admin_counters admin_counters;
@@ -345,7 +378,7 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
     struct mock_query params;
     struct mock_config staged = mock_config;
     const char *fail_mode;
-    bool sets_fail_mode;
+    bool sets_fail_mode, sets_token_limit, sets_device_limit;
     int status = 200;
 
     mock_query_parse(&params, query);
@@ -354,6 +387,10 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
      * still apply. */
     fail_mode = mock_query_get(&params, "fail_mode");
     sets_fail_mode = fail_mode != NULL;
+    sets_token_limit = mock_query_get(&params, "rate_limit") != NULL ||
+                       mock_query_get(&params, "rate_window_ms") != NULL;
+    sets_device_limit = mock_query_get(&params, "device_limit") != NULL ||
+                        mock_query_get(&params, "device_window_ms") != NULL;
     if (fail_mode != NULL && strcmp(fail_mode, mock_fail_mode_names[MOCK_FAIL_NONE]) == 0)
         mock_fault_clear(&staged);
     for (size_t i = 0; i < params.n && status == 200; i++) {
@@ -386,6 +423,7 @@ static int admin_config_apply(const char *query, struct evbuffer *out)
         return status;
     mock_config = staged;
     mock_log("config changed: %s", query ? query : "(nothing)");
+    mock_limit_config_changed(sets_token_limit, sets_device_limit);
     /* Whatever fail_mode becomes, requests held by a hang end now, so none outlives the test
      * that made it, and a test can end a hang on purpose. */
     if (sets_fail_mode)
@@ -408,7 +446,9 @@ static int admin_get_counters(struct evhttp_request *req, struct evbuffer *out)
     admin_map_json(out, &admin_counters.by_token);
     evbuffer_add_printf(out, ",\"by_status\":");
     admin_map_json(out, &admin_counters.by_status);
-    evbuffer_add_printf(out, ",\"held\":%zu}", mock_fault_n_held());
+    evbuffer_add_printf(out, ",\"held\":%zu,", mock_fault_n_held());
+    mock_limit_counters_json(out);
+    evbuffer_add(out, "}", 1);
     return 200;
 }
 
@@ -423,6 +463,7 @@ static void admin_forget(void)
     if (admin_last_request != NULL)
         evbuffer_free(admin_last_request);
     admin_last_request = NULL;
+    mock_limit_reset();
 }
 
 static int admin_post_reset(struct evhttp_request *req, struct evbuffer *out)
@@ -443,6 +484,13 @@ static int admin_get_last_request(struct evhttp_request *req, struct evbuffer *o
     /* Copy, not move: the same request may be asked for again. */
     evbuffer_add(out, evbuffer_pullup(admin_last_request, -1),
                  evbuffer_get_length(admin_last_request));
+    return 200;
+}
+
+static int admin_get_arrivals(struct evhttp_request *req, struct evbuffer *out)
+{
+    (void)req;
+    mock_limit_arrivals_json(out);
     return 200;
 }
 
@@ -477,6 +525,7 @@ static const struct admin_route admin_routes[] = {
     {"/counters", EVHTTP_REQ_GET, admin_get_counters, "application/json"},
     {"/reset", EVHTTP_REQ_POST, admin_post_reset, "application/json"},
     {"/last-request", EVHTTP_REQ_GET, admin_get_last_request, "application/json"},
+    {"/arrivals", EVHTTP_REQ_GET, admin_get_arrivals, "application/json"},
     {"/config", EVHTTP_REQ_GET, admin_get_config, "application/json"},
     {"/config", EVHTTP_REQ_POST, admin_post_config, "application/json"},
     {"/healthz", EVHTTP_REQ_GET, admin_get_healthz, "text/plain"},

@@ -1,8 +1,9 @@
 /*
  * mock_api.c: the SmartThings API as the TLS port serves it.
  *
- * A request goes: mock_api_handle() counts it (mock_admin.c), asks mock_fault.c whether it is
- * to fail, and, when a latency is configured, parks it on a one-shot timer; then a failing
+ * A request goes: mock_api_handle() counts it (mock_admin.c), asks mock_limit.c whether it is
+ * over a rate limit and, if not, mock_fault.c whether it is to fail, and, when a latency is
+ * configured, parks it on a one-shot timer; then a limited request gets the API's 429, a failing
  * request goes to mock_fault_apply() and the others to api_answer(), which checks the bearer
  * token, strips an optional /v1, finds the route in api_routes[], runs its handler, which fills
  * an evbuffer with JSON from mock_data.c, and sends it with X-Mock-Request-Id. Owns the routing
@@ -39,7 +40,8 @@ struct api_call {
 struct api_pending {
     struct evhttp_request *req;
     unsigned long long id;
-    struct mock_fault fault; /* decided on arrival, carried out when the timer fires */
+    struct mock_fault fault;         /* decided on arrival, carried out when the timer fires */
+    struct mock_limit_verdict limit; /* the same */
     struct api_pending *prev, *next;
 };
 
@@ -613,10 +615,28 @@ static void api_answer(struct evhttp_request *req, unsigned long long id)
 
 /* ---- latency and faults ------------------------------------------------------------------- */
 
-/* Answers req, or fails it as decided on arrival. */
-static void api_dispatch(struct evhttp_request *req, unsigned long long id, struct mock_fault f)
+/* Answers req with the real API's 429, as the limits decided. */
+static void api_send_limited(struct evhttp_request *req, unsigned long long id,
+                             const struct mock_limit_verdict *limit)
 {
-    if (f.mode == MOCK_FAIL_NONE)
+    struct evbuffer *body = mock_xevbuffer();
+
+    mock_limit_error_body(body, id, limit);
+    api_add_answer_headers(req, id);
+    mock_admin_note_status(429);
+    evhttp_send_reply(req, 429, NULL, body);
+    evbuffer_free(body);
+}
+
+/* Answers req, or fails it as decided on arrival. The rate-limit headers go on every answer
+ * (an injected failure's too); Reset is counted from now, when the answer leaves. */
+static void api_dispatch(struct evhttp_request *req, unsigned long long id, struct mock_fault f,
+                         const struct mock_limit_verdict *limit)
+{
+    mock_limit_add_headers(req, limit);
+    if (limit->reason != MOCK_LIMIT_NONE)
+        api_send_limited(req, id, limit);
+    else if (f.mode == MOCK_FAIL_NONE)
         api_answer(req, id);
     else
         mock_fault_apply(req, id, f);
@@ -638,6 +658,7 @@ static void api_pending_fire(evutil_socket_t fd, short what, void *arg)
     struct evhttp_request *req = p->req;
     unsigned long long id = p->id;
     struct mock_fault fault = p->fault;
+    struct mock_limit_verdict limit = p->limit;
 
     (void)fd;
     (void)what;
@@ -645,7 +666,7 @@ static void api_pending_fire(evutil_socket_t fd, short what, void *arg)
     free(p);
     /* If the client gave up meanwhile, libevent has detached req from its connection and
      * api_answer()'s send just frees it (mock_fault_apply() checks for that too). */
-    api_dispatch(req, id, fault);
+    api_dispatch(req, id, fault, &limit);
 }
 
 void mock_api_handle(struct evhttp_request *req, void *arg)
@@ -654,17 +675,24 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
     const char *token = api_bearer_token(req);
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     long latency = mock_config.latency_ms;
-    struct mock_fault fault;
+    struct mock_limit_verdict limit = {.reason = MOCK_LIMIT_NONE, .limit = -1};
+    struct mock_fault fault = {.mode = MOCK_FAIL_NONE, .status = 0};
     struct api_pending *p;
     struct timeval delay;
 
     (void)arg;
     mock_admin_note_request(req, token ? token : "");
+    /* Limits count arrivals of requests with an accepted token (a rejected token belongs to
+     * nobody), as the real API counts them at its door. */
+    if (api_token_accepted(token))
+        limit = mock_limit_take(token, evhttp_request_get_command(req), path ? path : "");
     /* Decided now, so fail_count=N fails the next N requests to arrive, whatever their
-     * latency; carried out after the latency, as a slow upstream that then fails would. */
-    fault = mock_fault_take(path ? path : "");
+     * latency; carried out after the latency, as a slow upstream that then fails would. A
+     * request the limits turn away never reaches the part that fails. */
+    if (limit.reason == MOCK_LIMIT_NONE)
+        fault = mock_fault_take(path ? path : "");
     if (latency <= 0) {
-        api_dispatch(req, id, fault);
+        api_dispatch(req, id, fault, &limit);
         return;
     }
     /* The request was counted above, on arrival: a test that makes the mock slower than the
@@ -673,6 +701,7 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
     p->req = req;
     p->id = id;
     p->fault = fault;
+    p->limit = limit;
     p->next = api_pending_list;
     if (api_pending_list != NULL)
         api_pending_list->prev = p;
@@ -684,7 +713,7 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
         mock_log("cannot schedule latency timer; answering request %llu at once", id);
         api_pending_unlink(p);
         free(p);
-        api_dispatch(req, id, fault);
+        api_dispatch(req, id, fault, &limit);
     }
 }
 

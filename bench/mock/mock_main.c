@@ -462,6 +462,7 @@ int main(int argc, char **argv)
     }
     mock_config.latency_ms = opts.latency_ms;
     mock_data_init((size_t)opts.devices);
+    mock_limit_init();
 
     tls = main_tls_context(opts.cert, opts.key);
     if (tls == NULL)
@@ -516,6 +517,7 @@ done:
     if (sigint != NULL)
         event_free(sigint);
     mock_admin_shutdown();
+    mock_limit_shutdown();
     mock_data_shutdown();
     if (base != NULL)
         event_base_free(base);

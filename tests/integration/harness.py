@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -156,6 +157,7 @@ class Mock(Process):
         if tokens:
             argv += ["--tokens", ",".join(tokens)]
         super().__init__(argv, name="stmock")
+        self.ca = pki.ca
         line = self.proc.stdout.readline().decode()
         if not line.startswith("stmock ready"):
             raise RuntimeError(f"stmock did not start: {line!r} {self.output()}")
@@ -208,6 +210,52 @@ class Mock(Process):
 
     def clear_faults(self):
         return self.fail("none")
+
+    def configure(self, **params):
+        """POST /config with params as given, e.g. the rate limits:
+        configure(rate_limit=30, rate_window_ms=2000). Raises if the mock
+        refuses any key; returns the whole config after the change."""
+        code, body = self.admin("POST", "/config?" + urllib.parse.urlencode(params))
+        if code != 200:
+            raise RuntimeError(f"stmock refused config {params}: {body}")
+        return body
+
+    def arrivals(self, token):
+        """The arrival times of token's API requests since start or the last
+        reset, as (milliseconds, limited) pairs in order; limited is True for
+        the ones the mock's limits (or inject_429) answered 429."""
+        doc = self.admin("GET", "/arrivals")[1]
+        return [(ms, bool(limited)) for ms, limited in doc.get(token, [])]
+
+    def api_connection(self, timeout=10):
+        """A keep-alive HTTPS connection straight to the mock API (no proxy),
+        trusting the test CA."""
+        context = ssl.create_default_context(cafile=self.ca)
+        return http.client.HTTPSConnection("localhost", self.api_port, timeout=timeout,
+                                           context=context)
+
+    def api_request(self, method, path, token, body=None, headers=None, conn=None):
+        """One request straight to the mock API, on conn if given (kept open)
+        or on a connection of its own. Returns a Response."""
+        own = conn is None
+        conn = conn or self.api_connection()
+        hdrs = dict(headers or {})
+        hdrs["Authorization"] = f"Bearer {token}"
+        started = time.monotonic()
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            return Response(resp, resp.read(), time.monotonic() - started)
+        finally:
+            if own:
+                conn.close()
+
+    def device_ids(self, token):
+        """The ids of token's devices, asked of the mock directly (so no proxy
+        budget is spent); the request is counted like any other."""
+        resp = self.api_request("GET", "/devices", token)
+        assert resp.status == 200, resp.body
+        return [d["deviceId"] for d in resp.json()["items"]]
 
     def calls(self, path, method="GET"):
         """How many requests for path (no query) reached the mock since the last reset."""
