@@ -150,11 +150,20 @@ void admin_handle(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "ok\n");
         send_text(req, 200, "text/plain; charset=utf-8", body);
     } else if (strcmp(path, "/readyz") == 0) {
-        bool ready = adm->readiness == ADMIN_READY;
-        /* A Redis outage degrades sharing but not service: still ready. */
-        evbuffer_add_printf(body, "{\"ready\":%s,\"state\":\"%s\",\"redis\":\"%s\"}\n",
-                            ready ? "true" : "false", ready ? "serving" : "draining",
+        const char *failure = credential_failure(adm->credentials);
+        bool ready = adm->readiness == ADMIN_READY && failure == NULL;
+        /* A Redis outage degrades sharing but not service: still ready. A
+         * dead credential is not: nothing can be served fresh until someone
+         * re-authorises it. */
+        evbuffer_add_printf(body, "{\"ready\":%s,\"state\":\"%s\",\"redis\":\"%s\"",
+                            ready ? "true" : "false",
+                            adm->readiness != ADMIN_READY ? "draining"
+                            : failure != NULL             ? "credential failed"
+                                                          : "serving",
                             cache_backend_name(cache_backend(adm->cache)));
+        evbuffer_add_printf(body, ",\"credential\":\"");
+        reply_json_escape(body, failure ? failure : "ok");
+        evbuffer_add_printf(body, "\"}\n");
         send_text(req, ready ? 200 : 503, "application/json", body);
     } else if (strcmp(path, "/metrics") == 0) {
         metrics_render(body);

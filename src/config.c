@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/http.h>
 #include <ini.h>
 
 #include "config.h"
@@ -40,6 +41,23 @@ static const struct option_def options[] = {
         "file holding the shared credential (Docker secrets)"),
     OPT("client_keys", OPT_CLIENT_KEYS, client_keys, NULL, true, true,
         "name:key,name:key local keys that map to the shared credential"),
+    OPT("oauth_client_id", OPT_STRING, oauth_client_id, NULL, false, false,
+        "OAuth2 app id; set = the shared credential is an OAuth2 one the proxy refreshes"),
+    OPT("oauth_client_secret", OPT_STRING, oauth_client_secret, NULL, false, true,
+        "OAuth2 app secret"),
+    OPT("oauth_refresh_token", OPT_STRING, oauth_refresh_token, NULL, false, true,
+        "initial refresh token (from `stproxy auth`); one stored in state_dir wins"),
+    OPT("oauth_token_url", OPT_URL, oauth_token_url, "https://api.smartthings.com/oauth/token",
+        false, false, "token endpoint (refresh and code exchange)"),
+    OPT("oauth_authorize_url", OPT_URL, oauth_authorize_url, NULL, false, false,
+        "authorize page for `stproxy auth` (default: /v1/oauth/authorize on the token origin)"),
+    OPT("oauth_redirect_uri", OPT_URL, oauth_redirect_uri, "http://127.0.0.1:8765/callback", false,
+        false, "redirect URI registered with the app; `stproxy auth` listens there"),
+    OPT("oauth_scope", OPT_STRING, oauth_scope,
+        "r:devices:* x:devices:* r:locations:* r:scenes:* x:scenes:*", false, false,
+        "scopes `stproxy auth` asks for"),
+    OPT("state_dir", OPT_STRING, state_dir, "./state", false, false,
+        "where durable state (the rotated OAuth2 refresh token) is kept"),
     OPT("log_level", OPT_LOG_LEVEL, log_level, "info", true, false, "error, warn, info or debug"),
     OPT("max_connections", OPT_COUNT, max_connections, "1024", false, false,
         "client connections open at once; further ones are refused"),
@@ -112,7 +130,7 @@ void config_free(struct config *cfg)
         xfree(cfg->sources[i]);
         enum option_type t = options[i].type;
         if (t == OPT_STRING || t == OPT_PATH || t == OPT_ADDR || t == OPT_ORIGIN ||
-            t == OPT_CLIENT_KEYS || t == OPT_REDIS_URL) {
+            t == OPT_CLIENT_KEYS || t == OPT_REDIS_URL || t == OPT_URL) {
             char **slot = (char **)((char *)cfg + options[i].offset);
             if (options[i].secret && *slot != NULL)
                 memset(*slot, 0, strlen(*slot));
@@ -381,6 +399,21 @@ static bool option_set(struct config *cfg, const struct option_def *opt, const c
             p->stale_ms = 0;
         return true;
     }
+    case OPT_URL: {
+        struct evhttp_uri *uri = evhttp_uri_parse(value);
+        const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
+        bool ok = scheme != NULL && evhttp_uri_get_host(uri) != NULL &&
+                  (strcmp(scheme, "https") == 0 ||
+                   (opt->offset == offsetof(struct config, oauth_redirect_uri) &&
+                    strcmp(scheme, "http") == 0));
+        if (uri != NULL)
+            evhttp_uri_free(uri);
+        if (!ok) {
+            snprintf(err, errlen, "invalid URL \"%s\" (expected https://host[:port]/path)", value);
+            return false;
+        }
+        break;
+    }
     case OPT_BUDGET:
         if (!budget_parse(value, (struct budget *)slot)) {
             snprintf(err, errlen,
@@ -614,6 +647,23 @@ static bool config_check(struct config *cfg, char *err, size_t errlen)
             }
         }
     }
+    if (cfg->oauth_client_id != NULL && cfg->token != NULL) {
+        snprintf(err, errlen, "%soauth_client_id: set an OAuth2 credential or a token, not both",
+                 source_of(cfg, "oauth_client_id", where, sizeof(where)));
+        return false;
+    }
+    if (cfg->oauth_client_id != NULL && cfg->oauth_client_secret == NULL) {
+        snprintf(err, errlen, "%soauth_client_id: oauth_client_secret is needed too",
+                 source_of(cfg, "oauth_client_id", where, sizeof(where)));
+        return false;
+    }
+    if (cfg->oauth_client_id != NULL && cfg->client_keys == NULL) {
+        snprintf(err, errlen,
+                 "%soauth_client_id: an OAuth2 credential is configured but client_keys is not; "
+                 "clients could not use it",
+                 source_of(cfg, "oauth_client_id", where, sizeof(where)));
+        return false;
+    }
     if (cfg->token != NULL && cfg->client_keys == NULL) {
         snprintf(err, errlen,
                  "%s%s: a shared credential is configured but client_keys is not; clients "
@@ -622,10 +672,10 @@ static bool config_check(struct config *cfg, char *err, size_t errlen)
                  cfg->token_file ? "token_file" : "token");
         return false;
     }
-    if (cfg->token == NULL && cfg->client_keys != NULL) {
+    if (cfg->token == NULL && cfg->oauth_client_id == NULL && cfg->client_keys != NULL) {
         snprintf(err, errlen,
-                 "%sclient_keys: set, but no shared credential (token or token_file) for them "
-                 "to map to",
+                 "%sclient_keys: set, but no shared credential (token, token_file or "
+                 "oauth_client_id) for them to map to",
                  source_of(cfg, "client_keys", where, sizeof(where)));
         return false;
     }

@@ -22,13 +22,21 @@ struct cache_policy {
 
 /* The parsed settings. Strings are owned by the struct (config_free). */
 struct config {
-    char *listen;                     /* client listener host:port */
-    char *admin_listen;               /* admin listener host:port */
-    char *upstream;                   /* upstream origin, https://host[:port] */
-    char *upstream_ca;                /* CA bundle path; NULL = system store */
-    char *token;                      /* shared credential (also from token_file) */
-    char *token_file;                 /* file holding the shared credential */
-    char *client_keys;                /* name:key,name:key */
+    char *listen;          /* client listener host:port */
+    char *admin_listen;    /* admin listener host:port */
+    char *upstream;        /* upstream origin, https://host[:port] */
+    char *upstream_ca;     /* CA bundle path; NULL = system store */
+    char *token;           /* shared credential (also from token_file) */
+    char *token_file;      /* file holding the shared credential */
+    char *client_keys;     /* name:key,name:key */
+    char *oauth_client_id; /* OAuth2 app; set = an OAuth credential */
+    char *oauth_client_secret;
+    char *oauth_refresh_token; /* initial; a stored one wins */
+    char *oauth_token_url;
+    char *oauth_authorize_url; /* for `stproxy auth`; NULL = from the token URL */
+    char *oauth_redirect_uri;
+    char *oauth_scope;
+    char *state_dir;                  /* durable state (rotated refresh tokens) */
     enum log_level log_level;         /* log verbosity */
     long max_connections;             /* client connections open at once */
     long max_header_size;             /* bytes of request line + headers */
@@ -67,6 +75,7 @@ enum option_type {
     OPT_POLICY,      /* FRESH[,STALE] durations; 0 = not cached */
     OPT_DURATION0,   /* a duration that may be 0 */
     OPT_BUDGET,      /* N/WINDOW */
+    OPT_URL,         /* http(s)://host[:port]/path */
 };
 
 /* One row of the option table. */

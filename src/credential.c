@@ -12,9 +12,17 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <sys/time.h>
+
 #include "config.h"
 #include "credential.h"
+#include "log.h"
 #include "mem.h"
+#include "metrics.h"
+#include "oauth.h"
+
+#define STATIC_REJECTIONS 3     /* upstream 401s in a row that mean a dead token */
+#define STATIC_PROBE_MS   30000 /* while failed, let one request test the token this often */
 
 static const char pass_through_name[] = "pass-through";
 
@@ -156,15 +164,25 @@ bool credential_store_init(struct credential_store *store, const struct config *
                            size_t errlen)
 {
     memset(store, 0, sizeof(*store));
-    if (cfg->token == NULL) {
+    if (cfg->token == NULL && cfg->oauth_client_id == NULL) {
         store->mode = CREDENTIAL_PASS_THROUGH;
         return true;
     }
     if (cfg->client_keys == NULL || !credential_keys_valid(cfg->client_keys, err, errlen))
         return false;
     store->mode = CREDENTIAL_SHARED;
-    store->shared_token = xstrdup(cfg->token);
-    credential_hash_hex(store->shared_token, strlen(store->shared_token), store->shared_id);
+    if (cfg->token != NULL) {
+        store->shared_token = xstrdup(cfg->token);
+        credential_hash_hex(store->shared_token, strlen(store->shared_token), store->shared_id);
+    } else {
+        /* An OAuth2 credential's tokens change; its identity (cache, budgets)
+         * is the app's: a hash of "oauth:" and the client id. */
+        size_t len = strlen(cfg->oauth_client_id) + 7;
+        char *id = xmalloc(len);
+        snprintf(id, len, "oauth:%s", cfg->oauth_client_id);
+        credential_hash_hex(id, strlen(id), store->shared_id);
+        free(id);
+    }
     if (!for_each_pair(cfg->client_keys, add_pair, store))
         return false;
     return true;
@@ -231,8 +249,88 @@ enum credential_status credential_resolve(const struct credential_store *store,
     if (match == NULL)
         return CREDENTIAL_UNKNOWN_KEY;
     out->client = match->name;
-    out->token = store->shared_token;
-    out->token_len = strlen(store->shared_token);
+    out->token = NULL; /* the shared token is looked up when the request is sent */
+    out->token_len = 0;
     memcpy(out->id, store->shared_id, sizeof(out->id));
     return CREDENTIAL_OK;
+}
+
+static long long now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* Adapts the OAuth2 callback (NUL-terminated token) to ours. */
+struct oauth_call {
+    credential_token_fn fn;
+    void *arg;
+};
+
+static void oauth_token_cb(const char *token, const char *failure, void *arg)
+{
+    struct oauth_call *call = arg;
+    call->fn(token, token ? strlen(token) : 0, failure, call->arg);
+    free(call);
+}
+
+void credential_with_token(struct credential_store *store, const char *passthrough_token,
+                           size_t passthrough_len, credential_token_fn fn, void *arg)
+{
+    if (store->mode == CREDENTIAL_PASS_THROUGH) {
+        fn(passthrough_token, passthrough_len, NULL, arg);
+        return;
+    }
+    if (store->oauth != NULL) {
+        struct oauth_call *call = xcalloc(1, sizeof(*call));
+        call->fn = fn;
+        call->arg = arg;
+        oauth_with_token(store->oauth, oauth_token_cb, call);
+        return;
+    }
+    if (store->failure[0] != '\0') {
+        long long now = now_ms();
+        if (now < store->probe_after_ms) {
+            fn(NULL, 0, store->failure, arg);
+            return;
+        }
+        store->probe_after_ms = now + STATIC_PROBE_MS; /* this request tests the token */
+    }
+    fn(store->shared_token, strlen(store->shared_token), NULL, arg);
+}
+
+void credential_upstream_status(struct credential_store *store, const char *token, int status)
+{
+    if (store->mode == CREDENTIAL_PASS_THROUGH)
+        return; /* a client's own token is the client's business */
+    if (store->oauth != NULL) {
+        if (status == 401 && token != NULL)
+            oauth_rejected(store->oauth, token);
+        return;
+    }
+    if (status == 401) {
+        if (++store->rejections >= STATIC_REJECTIONS && store->failure[0] == '\0') {
+            snprintf(store->failure, sizeof(store->failure),
+                     "the upstream rejects the configured token (%d answers 401 in a row; an "
+                     "expired personal access token?): configure a new one",
+                     store->rejections);
+            log_error("credential: %s", store->failure);
+            metrics_set(METRIC_CREDENTIAL_FAILED, 1);
+            store->probe_after_ms = now_ms() + STATIC_PROBE_MS;
+        }
+    } else if (status >= 200 && status < 300) {
+        if (store->failure[0] != '\0')
+            log_info("credential: the upstream accepts the configured token again");
+        store->rejections = 0;
+        store->failure[0] = '\0';
+        metrics_set(METRIC_CREDENTIAL_FAILED, 0);
+    }
+}
+
+const char *credential_failure(const struct credential_store *store)
+{
+    if (store->oauth != NULL)
+        return oauth_failure(store->oauth);
+    return store->failure[0] != '\0' ? store->failure : NULL;
 }

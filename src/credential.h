@@ -38,9 +38,15 @@ struct client_key {
     unsigned char key_hash[32]; /* SHA-256 of the key */
 };
 
+struct oauth;
+
 /* The credentials of one process; replaced whole on reload. */
 struct credential_store {
     enum credential_mode mode;
+    struct oauth *oauth;                   /* shared mode with an OAuth2 credential */
+    int rejections;                        /* static token: upstream 401s in a row */
+    long long probe_after_ms;              /* static token failed: next probe allowed */
+    char failure[200];                     /* static token rejected: why; "" = fine */
     char *shared_token;                    /* owned; NULL in pass-through mode */
     char shared_id[CREDENTIAL_ID_LEN + 1]; /* hash of shared_token */
     struct client_key *keys;               /* owned array */
@@ -61,6 +67,22 @@ struct credential_ref {
 bool credential_store_init(struct credential_store *store, const struct config *cfg, char *err,
                            size_t errlen) __attribute__((warn_unused_result));
 void credential_store_free(struct credential_store *store);
+
+/* The upstream token a request is sent with, now or once an OAuth2 refresh
+ * under way is done: the client's own (passthrough_token) in pass-through
+ * mode, the shared one otherwise. token is NULL, with failure saying why,
+ * when the shared credential needs re-authorisation. fn may run at once. */
+typedef void (*credential_token_fn)(const char *token, size_t len, const char *failure, void *arg);
+void credential_with_token(struct credential_store *store, const char *passthrough_token,
+                           size_t passthrough_len, credential_token_fn fn, void *arg);
+
+/* What the upstream said to a request sent with token: a 401 counts
+ * against a static shared token (three in a row: failed) and makes an
+ * OAuth2 credential refresh; a success clears the count. */
+void credential_upstream_status(struct credential_store *store, const char *token, int status);
+
+/* Why the shared credential cannot be used now, or NULL. */
+const char *credential_failure(const struct credential_store *store);
 
 /* Resolves an Authorization header value (may be NULL). */
 enum credential_status credential_resolve(const struct credential_store *store,

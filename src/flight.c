@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 
 #include "cache_redis.h"
+#include "credential.h"
 #include "flight.h"
 #include "log.h"
 #include "mem.h"
@@ -70,7 +71,11 @@ struct flight {
     bool is_status;
     bool holds_lock; /* this process won the Redis lock */
     bool background; /* a refresh: started with no waiter */
-    char client[80]; /* fairness key */
+    bool retried;    /* sent again after an OAuth2 refresh */
+    char *token;     /* pass-through token (owned, wiped), or NULL */
+    size_t token_len;
+    char *token_used; /* what the last send carried (owned, wiped) */
+    char client[80];  /* fairness key */
     enum limiter_kind kind;
     int lock_rounds;     /* times the lock was found held by another */
     uint64_t epoch;      /* cache epoch when the fetch began */
@@ -85,6 +90,7 @@ struct flights {
     struct cache_redis *redis;
     struct admission *admission; /* NULL: no budgets */
     struct limiter *limiter;
+    struct credential_store *credentials;
     long lock_ttl_ms;    /* a lock not renewed for this long is free */
     int max_lock_rounds; /* waits on another process before fetching anyway */
     char lock_token[40]; /* identifies this process's locks */
@@ -143,6 +149,10 @@ static struct flight *flight_new(struct flights *fl, const char *key,
     f->is_status = spec->tags.is_status;
     snprintf(f->client, sizeof(f->client), "%s", spec->client ? spec->client : "-");
     f->kind = spec->kind;
+    if (spec->token != NULL) {
+        f->token = xstrndup(spec->token, spec->token_len);
+        f->token_len = spec->token_len;
+    }
     TAILQ_INIT(&f->waiters);
     f->timer = evtimer_new(fl->base, flight_start_cb, f);
     f->next_in_bucket = fl->table[bucket_of(key)];
@@ -160,6 +170,14 @@ static void flight_free(struct flight *f)
         memset(h->value, 0, strlen(h->value));
     }
     evhttp_clear_headers(&f->headers);
+    if (f->token != NULL) {
+        memset(f->token, 0, f->token_len);
+        free(f->token);
+    }
+    if (f->token_used != NULL) {
+        memset(f->token_used, 0, strlen(f->token_used));
+        free(f->token_used);
+    }
     free(f->key);
     free(f->lock_key);
     free(f->target);
@@ -263,6 +281,8 @@ static long answer_ttl(const struct flight *f, int status)
     return 0; /* 401, 403, 429, 5xx and everything else: never */
 }
 
+static void flight_authorize(struct flight *f);
+
 static void fetch_done(enum upstream_result result, struct upstream_response *resp,
                        const char *detail, void *arg)
 {
@@ -271,6 +291,15 @@ static void fetch_done(enum upstream_result result, struct upstream_response *re
     struct flight_answer answer = {.result = result, .detail = detail};
     bool stored = false;
 
+    if (result == UPSTREAM_OK && fl->credentials != NULL) {
+        credential_upstream_status(fl->credentials, f->token_used, resp->status);
+        if (resp->status == 401 && fl->credentials->oauth != NULL && !f->retried) {
+            /* Refused access token: fetch again once the refresh is done. */
+            f->retried = true;
+            flight_authorize(f);
+            return;
+        }
+    }
     if (result == UPSTREAM_OK && fl->limiter != NULL)
         limiter_learn(fl->limiter, f->cred, f->has_device ? f->device : NULL, f->kind, resp->status,
                       &resp->headers, (const char *)evbuffer_pullup(resp->body, -1),
@@ -353,6 +382,52 @@ static void flight_throttled(struct flight *f, int64_t retry_after_ms)
     evbuffer_free(answer.body);
 }
 
+static void flight_send(const char *token, size_t len, const char *failure, void *arg)
+{
+    struct flight *f = arg;
+    char *auth;
+
+    if (token == NULL) {
+        struct flight_answer answer = {
+            .result = UPSTREAM_OK, .status = 503, .credential_failure = failure};
+        struct evkeyvalq none;
+        if (f->holds_lock && redis_usable(f->fl))
+            release_and_announce(f, FILL_FAILED);
+        TAILQ_INIT(&none);
+        answer.headers = &none;
+        answer.body = evbuffer_new();
+        flight_unlink(f);
+        flight_deliver(f, &answer);
+        evbuffer_free(answer.body);
+        return;
+    }
+    auth = xmalloc(len + 8);
+    snprintf(auth, len + 8, "Bearer %.*s", (int)len, token);
+    evhttp_remove_header(&f->headers, "Authorization");
+    evhttp_add_header(&f->headers, "Authorization", auth);
+    memset(auth, 0, len + 8);
+    free(auth);
+    if (f->token_used != NULL) {
+        memset(f->token_used, 0, strlen(f->token_used));
+        free(f->token_used);
+    }
+    f->token_used = xstrndup(token, len);
+    f->state = FLIGHT_FETCHING;
+    f->epoch = cache_epoch(f->fl->cache);
+    upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
+}
+
+/* Sends the fetch with the credential's current token (which may mean
+ * waiting for an OAuth2 refresh). */
+static void flight_authorize(struct flight *f)
+{
+    if (f->fl->credentials == NULL) {
+        flight_send(f->token ? f->token : "", f->token_len, NULL, f);
+        return;
+    }
+    credential_with_token(f->fl->credentials, f->token, f->token_len, flight_send, f);
+}
+
 static void admitted(bool ok, int64_t retry_after_ms, void *arg)
 {
     struct flight *f = arg;
@@ -361,9 +436,7 @@ static void admitted(bool ok, int64_t retry_after_ms, void *arg)
         flight_throttled(f, retry_after_ms);
         return;
     }
-    f->state = FLIGHT_FETCHING;
-    f->epoch = cache_epoch(f->fl->cache);
-    upstream_send(f->fl->pool, "GET", f->target, &f->headers, NULL, fetch_done, f);
+    flight_authorize(f);
 }
 
 static void flight_fetch(struct flight *f)
@@ -556,6 +629,11 @@ void flights_set_budgets(struct flights *fl, struct admission *adm, struct limit
 {
     fl->admission = adm;
     fl->limiter = lim;
+}
+
+void flights_set_credentials(struct flights *fl, struct credential_store *store)
+{
+    fl->credentials = store;
 }
 
 void flights_free(struct flights *fl)

@@ -35,7 +35,9 @@ struct flight_spec {
     struct cache_policy policy;      /* of the path class */
     long not_found_ms;               /* fresh TTL of a 404; 0 = not cached */
     struct cache_tags tags;
-    const char *client;     /* fairness key for the admission queue */
+    const char *client; /* fairness key for the admission queue */
+    const char *token;  /* pass-through: the client's token; NULL: the shared one */
+    size_t token_len;
     enum limiter_kind kind; /* which device budget, if any */
 };
 
@@ -47,6 +49,7 @@ struct flight_answer {
     struct evbuffer *body;           /* read-only for waiters */
     const char *detail;              /* on failure */
     bool throttled;                  /* no budget in time: answer 429 */
+    const char *credential_failure;  /* the shared credential is dead: answer 503 */
     int64_t retry_after_ms;          /* with throttled */
 };
 
@@ -62,6 +65,9 @@ struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
                             long max_wait_ms);
 /* Fetches ask adm for budget and teach lim from the answers. */
 void flights_set_budgets(struct flights *fl, struct admission *adm, struct limiter *lim);
+/* Fetches take their upstream token from store when they are sent. */
+struct credential_store;
+void flights_set_credentials(struct flights *fl, struct credential_store *store);
 void flights_free(struct flights *fl);
 
 /* Waits for key's flight, starting one if none is under way. fn is called

@@ -67,6 +67,8 @@ struct proxy_request {
     double upstream_seconds;  /* < 0 when the upstream was not asked */
     const char *cache_status; /* X-Cache value, for the log */
     char *cache_key;          /* reads: route_cache_key; else NULL */
+    char *token_used;         /* the shared token a write was sent with (for a 401) */
+    bool retried;             /* sent again after an OAuth2 refresh */
 };
 
 /* Request headers that belong to one connection, or that we set ourselves. */
@@ -235,6 +237,10 @@ static void preq_finish(struct proxy_request *pr, int status)
     pr->fwd->in_flight--;
     route_free(&pr->route);
     free(pr->cache_key);
+    if (pr->token_used != NULL) {
+        memset(pr->token_used, 0, strlen(pr->token_used));
+        free(pr->token_used);
+    }
     free(pr);
 }
 
@@ -340,6 +346,8 @@ static const char *fairness_key(const struct proxy_request *pr)
     return pr->fwd->parts.credentials->mode == CREDENTIAL_SHARED ? pr->cred.client : pr->cred.id;
 }
 
+static void send_admitted(bool admitted, int64_t retry_after_ms, void *arg);
+
 static void upstream_done(enum upstream_result result, struct upstream_response *resp,
                           const char *detail, void *arg)
 {
@@ -349,6 +357,14 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
     metrics_observe(METRIC_UPSTREAM_DURATION, pr->upstream_seconds);
     if (result != UPSTREAM_OK) {
         answer_upstream_failure(pr, result, detail);
+        return;
+    }
+    credential_upstream_status(pr->fwd->parts.credentials, pr->token_used, resp->status);
+    if (resp->status == 401 && pr->fwd->parts.credentials->oauth != NULL && !pr->retried) {
+        /* The access token was refused (revoked, or expired early): a 401
+         * means nothing was done, so send it again with the refreshed one. */
+        pr->retried = true;
+        send_admitted(true, 0, pr);
         return;
     }
     {
@@ -368,15 +384,18 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
 #define TOKEN_MAX 8192 /* longer bearer tokens are refused on arrival */
 
 /* Fills headers with what goes upstream: the client's end-to-end headers
- * and the credential's Authorization. */
-static void upstream_headers(struct proxy_request *pr, struct evkeyvalq *headers)
+ * and, when token is given, the Authorization with it. */
+static void upstream_headers(struct proxy_request *pr, struct evkeyvalq *headers, const char *token,
+                             size_t token_len)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(pr->req);
     char auth[TOKEN_MAX + 8];
 
     TAILQ_INIT(headers);
     copy_headers(in, headers, request_skip);
-    snprintf(auth, sizeof(auth), "Bearer %.*s", (int)pr->cred.token_len, pr->cred.token);
+    if (token == NULL)
+        return;
+    snprintf(auth, sizeof(auth), "Bearer %.*s", (int)token_len, token);
     evhttp_add_header(headers, "Authorization", auth);
     memset(auth, 0, sizeof(auth));
 }
@@ -413,23 +432,51 @@ static void answer_throttled(struct proxy_request *pr, int64_t retry_after_ms)
               "rate limit; retry after the time in Retry-After");
 }
 
-static void send_admitted(bool admitted, int64_t retry_after_ms, void *arg)
+/* Answers 503: the shared credential needs re-authorisation. */
+static void answer_credential_failure(struct proxy_request *pr, const char *failure)
+{
+    char message[400];
+    snprintf(message, sizeof(message), "The proxy's SmartThings credential cannot be used: %s",
+             failure);
+    preq_fail(pr, 503, "CredentialNeedsReauthorization", message);
+}
+
+static void send_with_token(const char *token, size_t len, const char *failure, void *arg)
 {
     struct proxy_request *pr = arg;
     struct evkeyvalq headers;
     char *target;
 
-    if (!admitted) {
-        answer_throttled(pr, retry_after_ms);
+    if (token == NULL) {
+        answer_credential_failure(pr, failure);
         return;
     }
-    upstream_headers(pr, &headers);
+    if (pr->fwd->parts.credentials->mode == CREDENTIAL_SHARED) {
+        if (pr->token_used != NULL) {
+            memset(pr->token_used, 0, strlen(pr->token_used));
+            free(pr->token_used);
+        }
+        pr->token_used = xstrndup(token, len);
+    }
+    upstream_headers(pr, &headers, token, len);
     target = upstream_target(pr);
     pr->state = PREQ_UPSTREAM;
     upstream_send(pr->fwd->parts.pool, pr->method, target, &headers,
                   evhttp_request_get_input_buffer(pr->req), upstream_done, pr);
     clear_headers(&headers);
     free(target);
+}
+
+static void send_admitted(bool admitted, int64_t retry_after_ms, void *arg)
+{
+    struct proxy_request *pr = arg;
+
+    if (!admitted) {
+        answer_throttled(pr, retry_after_ms);
+        return;
+    }
+    credential_with_token(pr->fwd->parts.credentials, pr->cred.token, pr->cred.token_len,
+                          send_with_token, pr);
 }
 
 /* Sends a request that is not cached upstream, once the budget allows:
@@ -463,6 +510,10 @@ static void flight_done(const struct flight_answer *answer, void *arg)
         answer_throttled(pr, answer->retry_after_ms);
         return;
     }
+    if (answer->credential_failure != NULL) {
+        answer_credential_failure(pr, answer->credential_failure);
+        return;
+    }
     if (answer->result != UPSTREAM_OK) {
         answer_upstream_failure(pr, answer->result, answer->detail);
         return;
@@ -481,7 +532,7 @@ static void start_flight(struct proxy_request *pr, bool background)
     char device[ROUTE_ID_MAX];
     char *target;
 
-    upstream_headers(pr, &headers);
+    upstream_headers(pr, &headers, NULL, 0); /* the flight adds the token when it sends */
     target = upstream_target(pr);
     if (pr->route.device_id[0] != '\0')
         route_key_device(pr->route.device_id, device);
@@ -494,6 +545,8 @@ static void start_flight(struct proxy_request *pr, bool background)
     spec.tags.device = pr->route.device_id[0] != '\0' ? device : NULL;
     spec.tags.is_status = route_is_status(pr->route.cls);
     spec.client = fairness_key(pr);
+    spec.token = pr->cred.token; /* pass-through; NULL: the shared credential's */
+    spec.token_len = pr->cred.token_len;
     spec.kind = limiter_kind_of(pr->route.cls);
     if (background) {
         flight_refresh(pr->fwd->parts.flights, pr->cache_key, &spec);

@@ -32,7 +32,7 @@ struct forward_settings {
 /* The parts of the request path; borrowed, they outlive the forward. */
 struct forward_parts {
     struct upstream_pool *pool;
-    const struct credential_store *credentials;
+    struct credential_store *credentials;
     struct cache *cache;
     struct flights *flights;
     struct admission *admission;

@@ -15,6 +15,7 @@
 
 #include "admin.h"
 #include "admission.h"
+#include "authorize.h"
 #include "cache.h"
 #include "cache_redis.h"
 #include "config.h"
@@ -23,6 +24,7 @@
 #include "forward.h"
 #include "janitor.h"
 #include "log.h"
+#include "oauth.h"
 #include "server.h"
 #include "tls.h"
 #include "upstream.h"
@@ -44,6 +46,7 @@ struct process {
     struct flights *flights;
     struct limiter *limiter;
     struct admission *admission;
+    struct oauth *oauth; /* an OAuth2 shared credential, or NULL */
     struct forward *fwd;
     struct admin *admin;
     struct server *client;
@@ -60,11 +63,12 @@ static void usage(FILE *out)
     size_t n;
     const struct option_def *opts = config_options(&n);
 
-    fprintf(out, "usage: stproxy [-c FILE] [-t] [-V] [-h]\n"
+    fprintf(out, "usage: stproxy [-c FILE] [-t] [-V] [-h] [auth]\n"
                  "  -c FILE  read settings from FILE (key = value lines)\n"
                  "  -t       check the configuration and exit (0 valid, 1 not)\n"
                  "  -V       print the version and the library versions\n"
-                 "  -h       this help\n\n"
+                 "  -h       this help\n"
+                 "  auth     authorise an OAuth2 app once and store its refresh token\n\n"
                  "Settings (file key / environment variable, default):\n");
     for (size_t i = 0; i < n; i++) {
         char env[64];
@@ -191,6 +195,16 @@ static bool process_start(struct process *p, char *err, size_t errlen)
     p->limiter = limiter_new(p->base, p->redis, &p->cfg.budget, &p->cfg.device_budget);
     p->admission = admission_new(p->base, p->limiter, p->cfg.queue_timeout_ms, p->cfg.queue_max);
     flights_set_budgets(p->flights, p->admission, p->limiter);
+    flights_set_credentials(p->flights, &p->credentials);
+    if (p->cfg.oauth_client_id != NULL) {
+        p->oauth =
+            oauth_new(p->base, &p->cfg, p->tls, p->redis, p->credentials.shared_id, err, errlen);
+        if (p->oauth == NULL) {
+            free(host);
+            return false;
+        }
+        p->credentials.oauth = p->oauth;
+    }
 
     /* Links are matched against the canonical origin: no trailing slash,
      * no default port. */
@@ -248,8 +262,11 @@ static void process_stop(struct process *p)
 {
     janitor_free(p->janitor);
     cache_redis_shutdown(p->redis);
-    /* Queued requests are refused first: none may reach the pool after it. */
+    /* Queued requests are refused first: none may reach the pool after it.
+     * Requests waiting for an OAuth2 token are answered next. */
     admission_free(p->admission);
+    oauth_free(p->oauth);
+    p->credentials.oauth = NULL;
     if (p->pool != NULL)
         upstream_pool_free(p->pool);
     flights_free(p->flights);
@@ -280,6 +297,7 @@ int main(int argc, char **argv)
     struct process p;
     const char *config_path = NULL;
     bool check_only = false;
+    bool authorize = false;
     char err[512];
     int c;
 
@@ -303,7 +321,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "auth") == 0 && optind + 1 == argc) {
+        authorize = true;
+    } else if (optind < argc) {
         fprintf(stderr, "stproxy: unexpected argument %s\n", argv[optind]);
         usage(stderr);
         return 2;
@@ -316,6 +336,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "stproxy: configuration error: %s\n", err);
         process_stop(&p);
         return 1;
+    }
+    if (authorize) {
+        int status = authorize_run(&p.cfg, p.tls);
+        process_stop(&p);
+        return status;
     }
     if (check_only) {
         printf("stproxy: configuration OK%s%s\n", config_path ? ": " : "",

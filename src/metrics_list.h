@@ -67,6 +67,12 @@
     X(THROTTLE_REJECTED, COUNTER, "stproxy_throttle_rejected_total",                               \
       "Requests answered 429 by the proxy: no budget in time, or the queue full")                  \
     X(UPSTREAM_429, COUNTER, "stproxy_upstream_429_total", "429 answers from the upstream")        \
+    X(OAUTH_REFRESHES, COUNTER, "stproxy_oauth_refreshes_total",                                   \
+      "OAuth2 access tokens obtained with the refresh_token grant")                                \
+    X(OAUTH_REFRESH_FAILURES, COUNTER, "stproxy_oauth_refresh_failures_total",                     \
+      "OAuth2 refreshes that failed")                                                              \
+    X(CREDENTIAL_FAILED, GAUGE, "stproxy_credential_failed",                                       \
+      "1 while the shared credential needs re-authorisation (dead refresh token, rejected token)") \
     X(TARGET_REFUSED, COUNTER, "stproxy_target_refused_total",                                     \
       "Requests refused for their target: foreign host, CONNECT, path tricks")
 

@@ -23,7 +23,7 @@ void reply_request_id(char *buf, size_t len)
 }
 
 /* Writes s as the body of a JSON string (quotes not included). */
-static void json_escape(struct evbuffer *out, const char *s)
+void reply_json_escape(struct evbuffer *out, const char *s)
 {
     for (; *s != '\0'; s++) {
         unsigned char c = (unsigned char)*s;
@@ -44,9 +44,9 @@ void reply_error(struct evhttp_request *req, int status, const char *code, const
 
     reply_request_id(id, sizeof(id));
     evbuffer_add_printf(body, "{\"requestId\":\"%s\",\"error\":{\"code\":\"", id);
-    json_escape(body, code);
+    reply_json_escape(body, code);
     evbuffer_add_printf(body, "\",\"message\":\"");
-    json_escape(body, message);
+    reply_json_escape(body, message);
     evbuffer_add_printf(body, "\",\"details\":[]}}");
     evhttp_add_header(headers, "Content-Type", "application/json;charset=utf-8");
     evhttp_send_reply(req, status, reply_reason(status), body);

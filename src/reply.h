@@ -18,6 +18,10 @@ void reply_request_id(char *buf, size_t len);
 /* Sends status with the API error body; extra_header may be NULL. */
 void reply_error(struct evhttp_request *req, int status, const char *code, const char *message);
 
+/* Writes s escaped for the inside of a JSON string. */
+struct evbuffer;
+void reply_json_escape(struct evbuffer *out, const char *s);
+
 /* The standard reason phrase of a status code ("OK", "Bad Gateway"...). */
 const char *reply_reason(int status);
 

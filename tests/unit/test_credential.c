@@ -9,6 +9,16 @@
 #include "credential.h"
 #include "tap.h"
 
+static const char *got_token;
+
+static void remember_token(const char *token, size_t len, const char *failure, void *arg)
+{
+    (void)len;
+    (void)failure;
+    (void)arg;
+    got_token = token;
+}
+
 int main(void)
 {
     struct config cfg;
@@ -23,6 +33,8 @@ int main(void)
     tap_is_int(credential_resolve(&store, "Bearer tok-A", &ref), CREDENTIAL_OK, "bearer found");
     tap_is_str(ref.client, "pass-through", "client name");
     tap_ok(ref.token_len == 5 && memcmp(ref.token, "tok-A", 5) == 0, "token passed through");
+    credential_with_token(&store, ref.token, ref.token_len, remember_token, NULL);
+    tap_ok(got_token == ref.token, "pass-through sends the client's own token");
     credential_hash_hex("tok-A", 5, want);
     tap_is_str(ref.id, want, "id is the token's SHA-256");
     tap_ok(strstr(ref.id, "tok-A") == NULL && strlen(ref.id) == 64, "id is 64 hex digits");
@@ -43,9 +55,22 @@ int main(void)
     tap_is_int(store.nkeys, 2, "two keys");
     tap_is_int(credential_resolve(&store, "Bearer key-nr", &ref), CREDENTIAL_OK, "known key");
     tap_is_str(ref.client, "node-red", "client named");
-    tap_ok(ref.token_len == strlen("shared-upstream-token") &&
-               memcmp(ref.token, "shared-upstream-token", ref.token_len) == 0,
-           "shared token goes upstream");
+    tap_ok(ref.token == NULL, "no token is bound to the request: it is looked up at send time");
+    got_token = NULL;
+    credential_with_token(&store, ref.token, ref.token_len, remember_token, NULL);
+    tap_is_str(got_token, "shared-upstream-token", "the shared token goes upstream");
+    credential_upstream_status(&store, got_token, 401);
+    credential_upstream_status(&store, got_token, 401);
+    tap_ok(credential_failure(&store) == NULL, "two 401s are not yet a dead token");
+    credential_upstream_status(&store, got_token, 401);
+    tap_ok(credential_failure(&store) != NULL, "three 401s in a row: the token is reported dead");
+    tap_ok(strstr(credential_failure(&store), "shared-upstream-token") == NULL,
+           "the report never holds the token");
+    got_token = "unset";
+    credential_with_token(&store, ref.token, ref.token_len, remember_token, NULL);
+    tap_ok(got_token == NULL, "while dead, requests get no token (clients get 503)");
+    credential_upstream_status(&store, "shared-upstream-token", 200);
+    tap_ok(credential_failure(&store) == NULL, "a success clears it");
     credential_hash_hex("shared-upstream-token", strlen("shared-upstream-token"), want);
     tap_is_str(ref.id, want, "keyed by the shared token's hash");
     tap_is_int(credential_resolve(&store, "Bearer key-ha", &ref), CREDENTIAL_OK, "other key");
