@@ -41,10 +41,11 @@
 #include "metrics.h"
 #include "oauth.h"
 
-#define MAX_FAILURES  3      /* refresh failures in a row before giving up */
-#define LOCK_TTL_MS   15000  /* the Redis refresh lock */
-#define POLL_MS       150    /* a process waiting on another's refresh looks this often */
-#define MAX_MARGIN_MS 300000 /* refresh at most 5 minutes early */
+#define MAX_FAILURES          3      /* refresh failures in a row before giving up */
+#define LOCK_TTL_MS           15000  /* the Redis refresh lock */
+#define POLL_MS               150    /* a process waiting on another's refresh looks this often */
+#define STARTUP_REDIS_WAIT_MS 3000   /* how long a starting process waits for Redis */
+#define MAX_MARGIN_MS         300000 /* refresh at most 5 minutes early */
 
 /* Where the credential is. */
 enum oauth_state {
@@ -78,6 +79,9 @@ struct oauth {
     char *access_token;  /* NULL until the first refresh */
     int64_t expires_ms;  /* wall clock */
     int failures;        /* in a row */
+    char *sent_refresh;  /* the refresh token our request at the endpoint carries */
+    int64_t started_ms;  /* start-up: wait briefly for Redis before refreshing alone */
+    bool recovered;      /* an invalid_grant was followed up once */
     char failure[300];   /* why FAILED */
     time_t state_mtime;  /* of the state file when FAILED: a new one revives */
     struct event *timer; /* proactive refresh, retry, or poll */
@@ -85,6 +89,7 @@ struct oauth {
 };
 
 static void refresh_start(struct oauth *oa);
+static void recover_start(struct oauth *oa);
 
 static int64_t wall_ms(void)
 {
@@ -358,6 +363,7 @@ static void adopt(struct oauth *oa, const char *access, int64_t expires_ms)
     set_secret(&oa->access_token, access);
     oa->expires_ms = expires_ms;
     oa->failures = 0;
+    oa->recovered = false;
     oa->state = OAUTH_IDLE;
     metrics_set(METRIC_CREDENTIAL_FAILED, 0);
     if (margin > MAX_MARGIN_MS)
@@ -431,10 +437,17 @@ static void refresh_done(enum upstream_result result, struct upstream_response *
         return;
     }
     if (ans.error != NULL && strcmp(ans.error, "invalid_grant") == 0) {
+        oauth_answer_free(&ans);
         release_lock(oa);
         metrics_inc(METRIC_OAUTH_REFRESH_FAILURES);
+        if (!oa->recovered) {
+            /* Another process may have rotated it first: look for a newer one. */
+            oa->recovered = true;
+            oa->state = OAUTH_IDLE;
+            recover_start(oa);
+            return;
+        }
         set_failed(oa, "the token endpoint refused the refresh token (invalid_grant)");
-        oauth_answer_free(&ans);
         return;
     }
     if (resp->status != 200 || ans.access_token == NULL) {
@@ -469,6 +482,67 @@ static void refresh_done(enum upstream_result result, struct upstream_response *
     oauth_answer_free(&ans);
 }
 
+/* After an invalid_grant: a newer refresh token in the state file or in
+ * Redis (another process rotated ours) is tried once; none means dead. */
+static void recover_reply(bool ok, const redisReply *reply, void *arg)
+{
+    struct oauth *oa = arg;
+    const char *refresh = NULL, *access = NULL;
+    int64_t expires = 0;
+
+    if (ok && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            const char *k = reply->element[i]->str, *v = reply->element[i + 1]->str;
+            if (strcmp(k, "refresh") == 0)
+                refresh = v;
+            else if (strcmp(k, "access") == 0)
+                access = v;
+            else if (strcmp(k, "expires_ms") == 0)
+                expires = strtoll(v, NULL, 10);
+        }
+    }
+    if (refresh != NULL && oa->sent_refresh != NULL && strcmp(refresh, oa->sent_refresh) != 0) {
+        char err[300];
+        log_info("oauth: another process had rotated the refresh token; using its one");
+        set_secret(&oa->refresh_token, refresh);
+        if (!oauth_state_write(oa->state_dir, oa->client_id, refresh, err, sizeof(err)))
+            log_warn("oauth: cannot store the shared refresh token: %s", err);
+        if (access != NULL && expires - wall_ms() > 1000) {
+            adopt(oa, access, expires);
+            return;
+        }
+        refresh_start(oa);
+        return;
+    }
+    set_failed(oa, "the token endpoint refused the refresh token (invalid_grant)");
+}
+
+static void recover_start(struct oauth *oa)
+{
+    char *stored = oauth_state_read(oa->state_dir, oa->client_id);
+
+    if (stored != NULL && oa->sent_refresh != NULL && strcmp(stored, oa->sent_refresh) != 0) {
+        log_info("oauth: the state file holds a newer refresh token; using it");
+        set_secret(&oa->refresh_token, stored);
+        OPENSSL_cleanse(stored, strlen(stored));
+        free(stored);
+        refresh_start(oa);
+        return;
+    }
+    if (stored != NULL) {
+        OPENSSL_cleanse(stored, strlen(stored));
+        free(stored);
+    }
+    if (redis_up(oa)) {
+        char key[160];
+        const char *argv[] = {"HGETALL", key};
+        snprintf(key, sizeof(key), "stp1:o:%s", oa->cred);
+        cache_redis_commandv(oa->redis, recover_reply, oa, 2, argv);
+        return;
+    }
+    set_failed(oa, "the token endpoint refused the refresh token (invalid_grant)");
+}
+
 static void post_refresh(struct oauth *oa)
 {
     char *rt = evhttp_encode_uri(oa->refresh_token);
@@ -477,6 +551,7 @@ static void post_refresh(struct oauth *oa)
     char *form = xmalloc(len);
 
     snprintf(form, len, "grant_type=refresh_token&refresh_token=%s&client_id=%s", rt, id);
+    set_secret(&oa->sent_refresh, oa->refresh_token);
     oa->state = OAUTH_REFRESHING;
     oauth_post_form(oa->pool, oa->token_path, oa->client_id, oa->client_secret, form, refresh_done,
                     oa);
@@ -558,6 +633,13 @@ static void refresh_start(struct oauth *oa)
     if (oa->state == OAUTH_FAILED || oa->state == OAUTH_LOCKING || oa->state == OAUTH_REFRESHING ||
         oa->state == OAUTH_WAITING)
         return;
+    if (oa->redis != NULL && cache_redis_state(oa->redis) == REDIS_CONNECTING &&
+        wall_ms() - oa->started_ms < STARTUP_REDIS_WAIT_MS) {
+        /* Just started: another process may hold newer tokens in Redis, and
+         * refreshing with a used refresh token would kill the credential. */
+        schedule(oa, 50);
+        return;
+    }
     if (!redis_up(oa)) {
         post_refresh(oa);
         return;
@@ -671,6 +753,7 @@ struct oauth *oauth_new(struct event_base *base, const struct config *cfg, SSL_C
         oauth_free(oa);
         return NULL;
     }
+    oa->started_ms = wall_ms();
     schedule(oa, 0); /* fetch the first access token right away */
     return oa;
 }
@@ -688,6 +771,7 @@ void oauth_free(struct oauth *oa)
     set_secret(&oa->refresh_token, NULL);
     set_secret(&oa->access_token, NULL);
     set_secret(&oa->client_secret, NULL);
+    set_secret(&oa->sent_refresh, NULL);
     free(oa->client_id);
     free(oa->state_dir);
     free(oa->token_path);

@@ -19,6 +19,9 @@
  *                   reports
  *   mock_query.c    query-string parsing shared by both ports (decoded values, raw text)
  *   mock_json.c     JSON string escaping used by everything that writes JSON
+ *   mock_oauth.c    the OAuth2 apps, the authorize page and token endpoint on the API port, the
+ *                   codes and tokens they issue (rotation, expiry, revocation), and the admin
+ *                   endpoints and counters that steer and show them
  */
 #ifndef STMOCK_MOCK_H
 #define STMOCK_MOCK_H
@@ -228,9 +231,12 @@ struct mock_config {
     long rate_window_ms;                /* that window (also the length of the sliding counts) */
     long device_limit; /* per (token, device, status|command): requests per window; 0 = none */
     long device_window_ms;
-    long reset_unit;      /* enum mock_reset_unit: what X-RateLimit-Reset counts */
-    long inject_429;      /* > 0: this many more API requests get a 429, whatever the limits */
-    long inject_retry_ms; /* the "retry in M millis" (and Reset) of an injected 429 */
+    long reset_unit;       /* enum mock_reset_unit: what X-RateLimit-Reset counts */
+    long inject_429;       /* > 0: this many more API requests get a 429, whatever the limits */
+    long inject_retry_ms;  /* the "retry in M millis" (and Reset) of an injected 429 */
+    long access_ttl_ms;    /* lifetime of the access tokens the token endpoint issues from now on */
+    long token_latency_ms; /* a token request waits this long before it is looked at */
+    long token_fail;       /* > 0: this many more token requests get a 503 */
 };
 
 /* The unit of X-RateLimit-Reset (POST /config?reset_unit=ms|s). */
@@ -241,11 +247,14 @@ enum mock_reset_unit {
 
 #define MOCK_WINDOW_MS_DEFAULT       60000
 #define MOCK_INJECT_RETRY_MS_DEFAULT 1000
+#define MOCK_ACCESS_TTL_MS_DEFAULT   3600000 /* one hour; the real API's is 24 */
 
 extern struct mock_config mock_config;
 
 /* Records an API request as it arrives: counts it and keeps it as the last request. token is
- * the bearer token ("" when there is none). */
+ * what by_token counts it under: the bearer token ("" when there is none), "oauth:<client_id>"
+ * for an access token of the mock's token endpoint, or NULL for a request that is not counted by
+ * token (the OAuth endpoints). */
 void mock_admin_note_request(struct evhttp_request *req, const char *token);
 /* Counts the status code of an API answer as it is sent. */
 void mock_admin_note_status(int status);
@@ -347,5 +356,40 @@ void mock_fault_release_held(void);
 size_t mock_fault_n_held(void);
 /* Drops held requests and connections being closed. Call before evhttp_free(). */
 void mock_fault_shutdown(void);
+
+/* ---- mock_oauth.c ----------------------------------------------------------------------- */
+
+/* What a bearer token is to the OAuth side of the mock. */
+enum mock_oauth_access {
+    MOCK_OAUTH_NOT_ISSUED, /* not an access token of the token endpoint: --tokens decides */
+    MOCK_OAUTH_VALID,      /* one, neither expired nor revoked */
+    MOCK_OAUTH_DEAD,       /* one, but expired or revoked: the API answers 401 */
+};
+
+/* Registers an OAuth app from --oauth-client's "ID:SECRET"; false (after logging why) for a bad
+ * spec or an id given twice. */
+bool mock_oauth_add_client(const char *spec) MOCK_MUSTCHECK;
+size_t mock_oauth_n_clients(void);
+void mock_oauth_init(struct event_base *base);
+/* If path (query excluded) is [/v1]/oauth or below, takes req over (it is answered now or after
+ * token_latency_ms) and returns true; otherwise leaves it alone and returns false. */
+bool mock_oauth_handle(struct evhttp_request *req, const char *path);
+/* Looks token up among the access tokens the mock issued. For VALID and DEAD, *identity is set to
+ * "oauth:<client_id>" (borrowed; valid until shutdown): the one tenant, by_token key and limit
+ * key of every access token of that app. */
+enum mock_oauth_access mock_oauth_check_access(const char *token, const char **identity);
+/* Admin endpoints (POST /oauth/issue, /oauth/revoke, /oauth/expire, GET /oauth/tokens): fill out
+ * and return the status, as mock_admin.c's handlers do. */
+int mock_oauth_admin_issue(struct evhttp_request *req, struct evbuffer *out);
+int mock_oauth_admin_revoke(struct evhttp_request *req, struct evbuffer *out);
+int mock_oauth_admin_expire(struct evhttp_request *req, struct evbuffer *out);
+int mock_oauth_admin_tokens(struct evhttp_request *req, struct evbuffer *out);
+/* Appends the /counters member "oauth":{...} (no leading comma). */
+void mock_oauth_counters_json(struct evbuffer *out);
+/* POST /reset: zeroes the OAuth counters; codes and tokens stay as they are. */
+void mock_oauth_reset_counters(void);
+/* Drops token requests still waiting out their latency (call before evhttp_free()) and frees
+ * every app, code and token. */
+void mock_oauth_shutdown(void);
 
 #endif

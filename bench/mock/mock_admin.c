@@ -16,7 +16,9 @@
  *                        rate_limited counts the 429s of the limits and of inject_429; the max_
  *                        members are the most requests a token (or device and kind) had in one
  *                        fixed window of its limit, and in any interval of rate_window_ms
- *                        (mock_limit.c)
+ *                        (mock_limit.c); "oauth":{"token_requests","refreshes","code_exchanges",
+ *                        "invalid_grant","authorizations","abandoned","failed",
+ *                        "refreshes_by_token":{refresh token:times presented}} (mock_oauth.c)
  *   GET  /arrivals      {"token":[[ms since start or reset, 1 if limited else 0],...]}: the
  *                        arrival times mock_limit.c keeps (the last 4096 per token)
  *   POST /reset         zeroes the counters, forgets the last request and restarts every limit
@@ -29,6 +31,11 @@
  *                       sets them), and setting fail_mode to anything answers the requests that
  *                       fail_mode=hang holds with a 503
  *   GET  /healthz       "ok"
+ *   POST /oauth/issue?client_id=ID[&scope=S]   a fresh refresh token {"refresh_token",...}
+ *   POST /oauth/revoke[?refresh_token=X]       kills every refresh and access token (or one)
+ *   POST /oauth/expire                         every access token issued so far expires now
+ *   GET  /oauth/tokens                         every code and token issued, with its state
+ *                       (all four in mock_oauth.c)
  */
 #include "mock.h"
 
@@ -112,6 +119,14 @@ static const struct admin_config_key admin_config_keys[] = {
      "the next N API requests get a 429 with retry in inject_retry_ms, whatever the limits"},
     {"inject_retry_ms", CONFIG_LONG, ADMIN_CFG(inject_retry_ms), 0, 86400 * 1000, NULL,
      "the retry time (and X-RateLimit-Reset) of an injected 429 (default 1000)"},
+    {"access_ttl_ms", CONFIG_LONG, ADMIN_CFG(access_ttl_ms), 1, 30L * 86400 * 1000, NULL,
+     "lifetime of the access tokens the token endpoint issues from now on (default 3600000); "
+     "expires_in is it in seconds rounded up"},
+    {"token_latency_ms", CONFIG_LONG, ADMIN_CFG(token_latency_ms), 0, 3600 * 1000, NULL,
+     "milliseconds a token request waits before it is looked at; one whose client leaves "
+     "meanwhile is dropped unread (default 0)"},
+    {"token_fail", CONFIG_LONG, ADMIN_CFG(token_fail), 0, 1000000000, NULL,
+     "the next N token requests get a 503 (temporarily_unavailable)"},
 };
 
 #define ADMIN_N_CONFIG_KEYS (sizeof(admin_config_keys) / sizeof(admin_config_keys[0]))
@@ -129,6 +144,9 @@ struct mock_config mock_config = {
     .reset_unit = MOCK_RESET_MILLIS,
     .inject_429 = 0,
     .inject_retry_ms = MOCK_INJECT_RETRY_MS_DEFAULT,
+    .access_ttl_ms = MOCK_ACCESS_TTL_MS_DEFAULT,
+    .token_latency_ms = 0,
+    .token_fail = 0,
 };
 
 static struct admin_counters admin_counters;
@@ -295,7 +313,8 @@ void mock_admin_note_request(struct evhttp_request *req, const char *token)
 
     admin_counters.total++;
     admin_map_bump(&admin_counters.by_path, key);
-    admin_map_bump(&admin_counters.by_token, token);
+    if (token != NULL)
+        admin_map_bump(&admin_counters.by_token, token);
     admin_keep_request(req);
     free(key);
 }
@@ -448,6 +467,8 @@ static int admin_get_counters(struct evhttp_request *req, struct evbuffer *out)
     admin_map_json(out, &admin_counters.by_status);
     evbuffer_add_printf(out, ",\"held\":%zu,", mock_fault_n_held());
     mock_limit_counters_json(out);
+    evbuffer_add(out, ",", 1);
+    mock_oauth_counters_json(out);
     evbuffer_add(out, "}", 1);
     return 200;
 }
@@ -464,6 +485,7 @@ static void admin_forget(void)
         evbuffer_free(admin_last_request);
     admin_last_request = NULL;
     mock_limit_reset();
+    mock_oauth_reset_counters();
 }
 
 static int admin_post_reset(struct evhttp_request *req, struct evbuffer *out)
@@ -529,6 +551,10 @@ static const struct admin_route admin_routes[] = {
     {"/config", EVHTTP_REQ_GET, admin_get_config, "application/json"},
     {"/config", EVHTTP_REQ_POST, admin_post_config, "application/json"},
     {"/healthz", EVHTTP_REQ_GET, admin_get_healthz, "text/plain"},
+    {"/oauth/issue", EVHTTP_REQ_POST, mock_oauth_admin_issue, "application/json"},
+    {"/oauth/revoke", EVHTTP_REQ_POST, mock_oauth_admin_revoke, "application/json"},
+    {"/oauth/expire", EVHTTP_REQ_POST, mock_oauth_admin_expire, "application/json"},
+    {"/oauth/tokens", EVHTTP_REQ_GET, mock_oauth_admin_tokens, "application/json"},
 };
 
 void mock_admin_handle(struct evhttp_request *req, void *arg)

@@ -1,7 +1,7 @@
 /*
  * mock_api.c: the SmartThings API as the TLS port serves it.
  *
- * A request goes: mock_api_handle() counts it (mock_admin.c), asks mock_limit.c whether it is
+ * A request for [/v1]/oauth/... goes to mock_oauth.c. Any other goes: mock_api_handle() counts it (mock_admin.c), asks mock_limit.c whether it is
  * over a rate limit and, if not, mock_fault.c whether it is to fail, and, when a latency is
  * configured, parks it on a one-shot timer; then a limited request gets the API's 429, a failing
  * request goes to mock_fault_apply() and the others to api_answer(), which checks the bearer
@@ -545,7 +545,7 @@ static const char *api_bearer_token(struct evhttp_request *req)
     return *auth != '\0' ? auth : NULL;
 }
 
-static bool api_token_accepted(const char *token)
+static bool api_token_listed(const char *token)
 {
     if (token == NULL)
         return false;
@@ -556,6 +556,37 @@ static bool api_token_accepted(const char *token)
             return true;
     }
     return false;
+}
+
+/* Who sent an API request, as far as the API cares. */
+struct api_caller {
+    const char *identity; /* the tenant, by_token and limits key: the bearer token, "" when
+                             there is none, or "oauth:<client_id>" for an OAuth access token */
+    bool accepted;        /* the token may use the API */
+    bool expired;         /* an OAuth access token that expired or was revoked */
+};
+
+/* An access token from the mock's token endpoint is judged by it (whatever --tokens says), and
+ * stands for its app; any other token is accepted by the --tokens list. */
+static struct api_caller api_identify(const char *token)
+{
+    struct api_caller c = {.identity = token ? token : "", .accepted = false, .expired = false};
+    const char *identity = NULL;
+
+    switch (mock_oauth_check_access(token, &identity)) {
+    case MOCK_OAUTH_VALID:
+        c.identity = identity;
+        c.accepted = true;
+        return c;
+    case MOCK_OAUTH_DEAD:
+        c.identity = identity;
+        c.expired = true;
+        return c;
+    case MOCK_OAUTH_NOT_ISSUED:
+        break;
+    }
+    c.accepted = api_token_listed(token);
+    return c;
 }
 
 /* Adds the headers every API answer carries. */
@@ -586,7 +617,7 @@ void mock_api_send_error(struct evhttp_request *req, unsigned long long id, int 
 static void api_answer(struct evhttp_request *req, unsigned long long id)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *token = api_bearer_token(req);
+    struct api_caller caller = api_identify(api_bearer_token(req));
     struct api_call call = {.req = req, .id = id, .status = 200};
     char *path_copy;
 
@@ -597,10 +628,13 @@ static void api_answer(struct evhttp_request *req, unsigned long long id)
     mock_query_parse(&call.query, evhttp_uri_get_query(uri));
     path_copy = mock_xstrdup(call.path);
 
-    if (!api_token_accepted(token)) {
+    /* Judged again now, after the latency: an access token may have expired meanwhile. */
+    if (caller.expired) {
+        api_error(&call, 401, "UnauthorizedError", "The access token has expired or was revoked");
+    } else if (!caller.accepted) {
         api_error(&call, 401, "UnauthorizedError", "Invalid or missing token");
     } else {
-        call.tenant = mock_data_tenant(token);
+        call.tenant = mock_data_tenant(caller.identity);
         api_route(&call, path_copy);
     }
 
@@ -671,9 +705,9 @@ static void api_pending_fire(evutil_socket_t fd, short what, void *arg)
 
 void mock_api_handle(struct evhttp_request *req, void *arg)
 {
-    unsigned long long id = ++api_request_seq;
-    const char *token = api_bearer_token(req);
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    unsigned long long id;
+    struct api_caller caller;
     long latency = mock_config.latency_ms;
     struct mock_limit_verdict limit = {.reason = MOCK_LIMIT_NONE, .limit = -1};
     struct mock_fault fault = {.mode = MOCK_FAIL_NONE, .status = 0};
@@ -681,11 +715,17 @@ void mock_api_handle(struct evhttp_request *req, void *arg)
     struct timeval delay;
 
     (void)arg;
-    mock_admin_note_request(req, token ? token : "");
+    /* The OAuth endpoints are another service that shares the port: no bearer token, no
+     * limits, no faults, no latency but their own. */
+    if (mock_oauth_handle(req, path ? path : ""))
+        return;
+    id = ++api_request_seq;
+    caller = api_identify(api_bearer_token(req));
+    mock_admin_note_request(req, caller.identity);
     /* Limits count arrivals of requests with an accepted token (a rejected token belongs to
      * nobody), as the real API counts them at its door. */
-    if (api_token_accepted(token))
-        limit = mock_limit_take(token, evhttp_request_get_command(req), path ? path : "");
+    if (caller.accepted)
+        limit = mock_limit_take(caller.identity, evhttp_request_get_command(req), path ? path : "");
     /* Decided now, so fail_count=N fails the next N requests to arrive, whatever their
      * latency; carried out after the latency, as a slow upstream that then fails would. A
      * request the limits turn away never reaches the part that fails. */

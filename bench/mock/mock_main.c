@@ -51,6 +51,7 @@ struct main_options {
 enum main_option_type {
     OPTION_TEXT,   /* kept as given */
     OPTION_NUMBER, /* decimal integer between min and max */
+    OPTION_ADD,    /* repeatable: each value goes to add(), which may refuse it */
 };
 
 /* One command-line option: --name VALUE or --name=VALUE. */
@@ -60,27 +61,32 @@ struct main_option {
     bool required;
     size_t offset; /* of the field in struct main_options */
     long min, max;
+    bool (*add)(const char *value); /* OPTION_ADD only */
     const char *doc;
 };
 
 #define MAIN_OPT(field) offsetof(struct main_options, field)
 
 static const struct main_option main_option_table[] = {
-    {"listen", OPTION_TEXT, true, MAIN_OPT(listen), 0, 0, "HOST:PORT of the TLS API (port 0: any)"},
-    {"admin-listen", OPTION_TEXT, true, MAIN_OPT(admin_listen), 0, 0,
+    {"listen", OPTION_TEXT, true, MAIN_OPT(listen), 0, 0, NULL,
+     "HOST:PORT of the TLS API (port 0: any)"},
+    {"admin-listen", OPTION_TEXT, true, MAIN_OPT(admin_listen), 0, 0, NULL,
      "HOST:PORT of the plain-HTTP admin port (port 0: any)"},
-    {"cert", OPTION_TEXT, true, MAIN_OPT(cert), 0, 0, "server certificate chain, PEM"},
-    {"key", OPTION_TEXT, true, MAIN_OPT(key), 0, 0, "server private key, PEM"},
-    {"origin", OPTION_TEXT, false, MAIN_OPT(origin), 0, 0,
+    {"cert", OPTION_TEXT, true, MAIN_OPT(cert), 0, 0, NULL, "server certificate chain, PEM"},
+    {"key", OPTION_TEXT, true, MAIN_OPT(key), 0, 0, NULL, "server private key, PEM"},
+    {"origin", OPTION_TEXT, false, MAIN_OPT(origin), 0, 0, NULL,
      "origin of absolute _links hrefs (default: https:// + Host header)"},
-    {"devices", OPTION_NUMBER, false, MAIN_OPT(devices), 0, 1000000,
+    {"devices", OPTION_NUMBER, false, MAIN_OPT(devices), 0, 1000000, NULL,
      "devices per token (default 5)"},
-    {"tokens", OPTION_TEXT, false, MAIN_OPT(tokens), 0, 0,
-     "comma list of accepted bearer tokens (default: any non-empty token)"},
-    {"latency-ms", OPTION_NUMBER, false, MAIN_OPT(latency_ms), 0, 3600 * 1000,
+    {"tokens", OPTION_TEXT, false, MAIN_OPT(tokens), 0, 0, NULL,
+     "comma list of accepted bearer tokens (default: any non-empty token); access tokens "
+     "of the OAuth token endpoint are always judged by it"},
+    {"latency-ms", OPTION_NUMBER, false, MAIN_OPT(latency_ms), 0, 3600 * 1000, NULL,
      "milliseconds added before every API answer (default 0)"},
-    {"ready-file", OPTION_TEXT, false, MAIN_OPT(ready_file), 0, 0,
+    {"ready-file", OPTION_TEXT, false, MAIN_OPT(ready_file), 0, 0, NULL,
      "also write the ready line to this file (atomically)"},
+    {"oauth-client", OPTION_ADD, false, 0, 0, 0, mock_oauth_add_client,
+     "ID:SECRET of an OAuth app for /oauth/authorize and /oauth/token (repeatable)"},
 };
 
 #define MAIN_N_OPTIONS (sizeof(main_option_table) / sizeof(main_option_table[0]))
@@ -152,7 +158,7 @@ static void main_usage(FILE *to)
                 "--key KEY.pem\n"
                 "              [--origin URL] [--devices N] [--tokens TOK1,TOK2,...] "
                 "[--latency-ms N]\n"
-                "              [--ready-file PATH]\n\n");
+                "              [--ready-file PATH] [--oauth-client ID:SECRET]...\n\n");
     for (size_t i = 0; i < MAIN_N_OPTIONS; i++)
         fprintf(to, "  --%-14s %s%s\n", main_option_table[i].name, main_option_table[i].doc,
                 main_option_table[i].required ? " (required)" : "");
@@ -202,6 +208,9 @@ static MOCK_MUSTCHECK bool main_parse_options(int argc, char **argv, struct main
         seen[k] = true;
         if (opt->type == OPTION_TEXT) {
             *(const char **)((char *)opts + opt->offset) = value;
+        } else if (opt->type == OPTION_ADD) {
+            if (!opt->add(value))
+                return false;
         } else {
             if (!mock_query_long(value, opt->min, opt->max, (long *)((char *)opts + opt->offset))) {
                 mock_log("option --%s wants a number from %ld to %ld, not '%s'", opt->name,
@@ -445,6 +454,7 @@ int main(int argc, char **argv)
 
     if (!main_parse_options(argc, argv, &opts)) {
         main_usage(stderr);
+        mock_oauth_shutdown(); /* apps registered before the bad option */
         return 2;
     }
     /* OpenSSL writes with write(2): a client gone mid-answer must be an error, not a kill. */
@@ -474,6 +484,7 @@ int main(int argc, char **argv)
     }
     mock_api_init(base, origin, tokens, n_tokens);
     mock_fault_init(base);
+    mock_oauth_init(base);
 
     api_http = main_http(base, mock_api_handle);
     evhttp_set_bevcb(api_http, main_tls_bufferevent, tls);
@@ -497,8 +508,9 @@ int main(int argc, char **argv)
         goto done;
     fputs(ready, stdout);
     fflush(stdout);
-    mock_log("%zu devices per token, %s, latency %ld ms", (size_t)opts.devices,
-             n_tokens ? "fixed tokens" : "any token", mock_config.latency_ms);
+    mock_log("%zu devices per token, %s, latency %ld ms, %zu OAuth app(s)", (size_t)opts.devices,
+             n_tokens ? "fixed tokens" : "any token", mock_config.latency_ms,
+             mock_oauth_n_clients());
 
     if (event_base_dispatch(base) < 0) {
         mock_log("event loop failed");
@@ -508,6 +520,7 @@ int main(int argc, char **argv)
 done:
     mock_api_shutdown();
     mock_fault_shutdown();
+    mock_oauth_shutdown();
     if (api_http != NULL)
         evhttp_free(api_http);
     if (admin_http != NULL)

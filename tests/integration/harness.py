@@ -292,7 +292,9 @@ class Proxy(Process):
                 "STPROXY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
                 "STPROXY_UPSTREAM": upstream}
         full.update(env or {})
-        argv = [STPROXY]
+        # STPROXY_TEST_WRAPPER runs the proxy under a tool, e.g.
+        # "valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+        argv = os.environ.get("STPROXY_TEST_WRAPPER", "").split() + [STPROXY]
         if config_text is not None:
             self.config_path = tempfile.mktemp(prefix="stproxy-", suffix=".conf")
             with open(self.config_path, "w") as f:
