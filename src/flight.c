@@ -198,17 +198,24 @@ static void flight_deliver(struct flight *f, const struct flight_answer *answer)
     flight_free(f);
 }
 
-static void flight_fail(struct flight *f, enum upstream_result result, const char *detail)
+/* Answers every waiter with an answer that has no headers and no body (a
+ * failure, a refusal), takes the flight out of the table and frees it. */
+static void deliver_empty(struct flight *f, struct flight_answer *answer)
 {
-    struct flight_answer answer = {.result = result, .detail = detail};
     struct evkeyvalq none;
 
     TAILQ_INIT(&none);
-    answer.headers = &none;
-    answer.body = evbuffer_new();
+    answer->headers = &none;
+    answer->body = evbuffer_new();
     flight_unlink(f);
-    flight_deliver(f, &answer);
-    evbuffer_free(answer.body);
+    flight_deliver(f, answer);
+    evbuffer_free(answer->body);
+}
+
+static void flight_fail(struct flight *f, enum upstream_result result, const char *detail)
+{
+    struct flight_answer answer = {.result = result, .detail = detail};
+    deliver_empty(f, &answer);
 }
 
 /* Answers every waiter from a cache entry (another process fetched it). */
@@ -368,18 +375,12 @@ static void flight_throttled(struct flight *f, int64_t retry_after_ms)
                                    .throttled = true,
                                    .retry_after_ms = retry_after_ms,
                                    .detail = "the credential's upstream budget is spent"};
-    struct evkeyvalq none;
 
     if (f->background)
         metrics_inc(METRIC_THROTTLE_STALE); /* the entry stays stale a while longer */
     if (f->holds_lock && redis_usable(f->fl))
         release_and_announce(f, FILL_THROTTLED);
-    TAILQ_INIT(&none);
-    answer.headers = &none;
-    answer.body = evbuffer_new();
-    flight_unlink(f);
-    flight_deliver(f, &answer);
-    evbuffer_free(answer.body);
+    deliver_empty(f, &answer);
 }
 
 static void flight_send(const char *token, size_t len, const char *failure, void *arg)
@@ -390,15 +391,9 @@ static void flight_send(const char *token, size_t len, const char *failure, void
     if (token == NULL) {
         struct flight_answer answer = {
             .result = UPSTREAM_OK, .status = 503, .credential_failure = failure};
-        struct evkeyvalq none;
         if (f->holds_lock && redis_usable(f->fl))
             release_and_announce(f, FILL_FAILED);
-        TAILQ_INIT(&none);
-        answer.headers = &none;
-        answer.body = evbuffer_new();
-        flight_unlink(f);
-        flight_deliver(f, &answer);
-        evbuffer_free(answer.body);
+        deliver_empty(f, &answer);
         return;
     }
     auth = xmalloc(len + 8);

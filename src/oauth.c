@@ -482,25 +482,42 @@ static void refresh_done(enum upstream_result result, struct upstream_response *
     oauth_answer_free(&ans);
 }
 
+/* The shared record (HGETALL stp1:o:<cred>): fields point into reply. */
+struct shared_record {
+    const char *refresh;
+    const char *access;
+    int64_t expires_ms;
+};
+
+static void parse_shared(bool ok, const redisReply *reply, struct shared_record *rec)
+{
+    memset(rec, 0, sizeof(*rec));
+    if (!ok || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const char *k = reply->element[i]->str, *v = reply->element[i + 1]->str;
+        if (strcmp(k, "refresh") == 0)
+            rec->refresh = v;
+        else if (strcmp(k, "access") == 0)
+            rec->access = v;
+        else if (strcmp(k, "expires_ms") == 0)
+            rec->expires_ms = strtoll(v, NULL, 10);
+    }
+}
+
 /* After an invalid_grant: a newer refresh token in the state file or in
  * Redis (another process rotated ours) is tried once; none means dead. */
 static void recover_reply(bool ok, const redisReply *reply, void *arg)
 {
     struct oauth *oa = arg;
-    const char *refresh = NULL, *access = NULL;
-    int64_t expires = 0;
+    struct shared_record rec;
+    const char *refresh, *access;
+    int64_t expires;
 
-    if (ok && reply->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
-            const char *k = reply->element[i]->str, *v = reply->element[i + 1]->str;
-            if (strcmp(k, "refresh") == 0)
-                refresh = v;
-            else if (strcmp(k, "access") == 0)
-                access = v;
-            else if (strcmp(k, "expires_ms") == 0)
-                expires = strtoll(v, NULL, 10);
-        }
-    }
+    parse_shared(ok, reply, &rec);
+    refresh = rec.refresh;
+    access = rec.access;
+    expires = rec.expires_ms;
     if (refresh != NULL && oa->sent_refresh != NULL && strcmp(refresh, oa->sent_refresh) != 0) {
         char err[300];
         log_info("oauth: another process had rotated the refresh token; using its one");
@@ -566,20 +583,14 @@ static void post_refresh(struct oauth *oa)
 static void shared_reply(bool ok, const redisReply *reply, void *arg)
 {
     struct oauth *oa = arg;
-    const char *refresh = NULL, *access = NULL;
-    int64_t expires = 0, now = wall_ms();
+    struct shared_record rec;
+    const char *refresh, *access;
+    int64_t expires, now = wall_ms();
 
-    if (ok && reply->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
-            const char *k = reply->element[i]->str, *v = reply->element[i + 1]->str;
-            if (strcmp(k, "refresh") == 0)
-                refresh = v;
-            else if (strcmp(k, "access") == 0)
-                access = v;
-            else if (strcmp(k, "expires_ms") == 0)
-                expires = strtoll(v, NULL, 10);
-        }
-    }
+    parse_shared(ok, reply, &rec);
+    refresh = rec.refresh;
+    access = rec.access;
+    expires = rec.expires_ms;
     if (refresh != NULL && (oa->refresh_token == NULL || strcmp(refresh, oa->refresh_token))) {
         char err[300];
         /* Another process rotated it: that one is the live one now. */
