@@ -404,6 +404,12 @@ struct admission *admission_new(struct event_base *base, struct limiter *lim, lo
     return adm;
 }
 
+void admission_set_limits(struct admission *adm, long queue_timeout_ms, long queue_max)
+{
+    adm->queue_timeout_ms = queue_timeout_ms;
+    adm->queue_max = queue_max;
+}
+
 void admission_free(struct admission *adm)
 {
     if (adm == NULL)

@@ -43,6 +43,9 @@ typedef void (*admit_fn)(bool admitted, int64_t retry_after_ms, void *arg);
 
 struct admission *admission_new(struct event_base *base, struct limiter *lim, long queue_timeout_ms,
                                 long queue_max);
+/* New queue limits (SIGHUP); they apply to requests that arrive from now on. */
+void admission_set_limits(struct admission *adm, long queue_timeout_ms, long queue_max);
+
 /* Rejects everything still queued (shutdown), then frees. */
 void admission_free(struct admission *adm);
 

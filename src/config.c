@@ -691,6 +691,72 @@ static bool config_check(struct config *cfg, char *err, size_t errlen)
     return true;
 }
 
+/* Bytes of the value an option of type t holds; 0 for strings (char *). */
+static size_t value_size(enum option_type t)
+{
+    switch (t) {
+    case OPT_COUNT:
+    case OPT_SIZE:
+    case OPT_DURATION:
+    case OPT_DURATION0:
+        return sizeof(long);
+    case OPT_LOG_LEVEL:
+        return sizeof(enum log_level);
+    case OPT_POLICY:
+        return sizeof(struct cache_policy);
+    case OPT_BUDGET:
+        return sizeof(struct budget);
+    case OPT_STRING:
+    case OPT_PATH:
+    case OPT_ADDR:
+    case OPT_ORIGIN:
+    case OPT_CLIENT_KEYS:
+    case OPT_REDIS_URL:
+    case OPT_URL:
+        break;
+    }
+    return 0;
+}
+
+void config_apply_reloadable(struct config *live, const struct config *fresh, char *fixed,
+                             size_t fixedlen)
+{
+    size_t used = 0;
+
+    fixed[0] = '\0';
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        const struct option_def *opt = &options[i];
+        void *to = (char *)live + opt->offset;
+        const void *from = (const char *)fresh + opt->offset;
+        size_t size = value_size(opt->type);
+        bool same;
+
+        if (size > 0) {
+            same = memcmp(to, from, size) == 0;
+        } else {
+            const char *a = *(char *const *)to, *b = *(const char *const *)from;
+            same = (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+        }
+        if (same)
+            continue;
+        if (!opt->reloadable) {
+            used += (size_t)snprintf(fixed + used, used < fixedlen ? fixedlen - used : 0, "%s%s",
+                                     used ? ", " : "", opt->name);
+            continue;
+        }
+        if (size > 0) {
+            memcpy(to, from, size);
+        } else {
+            char **slot = to;
+            const char *b = *(const char *const *)from;
+            if (*slot != NULL && opt->secret)
+                memset(*slot, 0, strlen(*slot));
+            free(*slot);
+            *slot = b ? xstrdup(b) : NULL;
+        }
+    }
+}
+
 bool config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
     char reason[256];

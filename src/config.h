@@ -102,6 +102,14 @@ void config_free(struct config *cfg);
 bool config_load(struct config *cfg, const char *path, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/*
+ * Takes the reloadable settings of fresh into live (SIGHUP). Names of
+ * settings that differ but need a restart are written, comma separated,
+ * into fixed ("" when none).
+ */
+void config_apply_reloadable(struct config *live, const struct config *fresh, char *fixed,
+                             size_t fixedlen);
+
 /* Splits "host:port" / "[v6]:port"; *host is malloc'd. */
 bool config_parse_hostport(const char *text, char **host, int *port)
     __attribute__((warn_unused_result));

@@ -188,15 +188,48 @@ bool credential_store_init(struct credential_store *store, const struct config *
     return true;
 }
 
+/* A key array a reload replaced, kept for requests still using its names. */
+struct retired_keys {
+    struct retired_keys *next;
+    struct client_key *keys;
+    size_t nkeys;
+};
+
+static void free_keys(struct client_key *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(keys[i].name);
+    free(keys);
+}
+
+void credential_store_set_keys(struct credential_store *store, const char *spec)
+{
+    struct retired_keys *old = xcalloc(1, sizeof(*old));
+
+    old->keys = store->keys;
+    old->nkeys = store->nkeys;
+    old->next = store->retired;
+    store->retired = old;
+    store->keys = NULL;
+    store->nkeys = 0;
+    if (spec != NULL)
+        (void)for_each_pair(spec, add_pair, store);
+}
+
 void credential_store_free(struct credential_store *store)
 {
+    while (store->retired != NULL) {
+        struct retired_keys *r = store->retired;
+        store->retired = r->next;
+        free_keys(r->keys, r->nkeys);
+        free(r);
+    }
     if (store->shared_token != NULL) {
         OPENSSL_cleanse(store->shared_token, strlen(store->shared_token));
         xfree(store->shared_token);
     }
-    for (size_t i = 0; i < store->nkeys; i++)
-        free(store->keys[i].name);
-    xfree(store->keys);
+    free_keys(store->keys, store->nkeys);
+    store->keys = NULL;
     store->nkeys = 0;
 }
 

@@ -39,6 +39,7 @@ struct client_key {
 };
 
 struct oauth;
+struct retired_keys;
 
 /* The credentials of one process; replaced whole on reload. */
 struct credential_store {
@@ -51,6 +52,7 @@ struct credential_store {
     char shared_id[CREDENTIAL_ID_LEN + 1]; /* hash of shared_token */
     struct client_key *keys;               /* owned array */
     size_t nkeys;
+    struct retired_keys *retired; /* key arrays replaced by reloads, kept for requests in flight */
 };
 
 /*
@@ -67,6 +69,10 @@ struct credential_ref {
 bool credential_store_init(struct credential_store *store, const struct config *cfg, char *err,
                            size_t errlen) __attribute__((warn_unused_result));
 void credential_store_free(struct credential_store *store);
+
+/* Replaces the client keys (SIGHUP). Requests in flight keep pointing at
+ * the old names, so the old keys are kept until the store is freed. */
+void credential_store_set_keys(struct credential_store *store, const char *spec);
 
 /* The upstream token a request is sent with, now or once an OAuth2 refresh
  * under way is done: the client's own (passthrough_token) in pass-through

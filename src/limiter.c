@@ -480,6 +480,13 @@ struct limiter *limiter_new(struct event_base *base, struct cache_redis *redis,
     return lim;
 }
 
+void limiter_set_budgets(struct limiter *lim, const struct budget *overall,
+                         const struct budget *device)
+{
+    lim->overall = *overall;
+    lim->device = *device;
+}
+
 void limiter_housekeeping(struct limiter *lim, int64_t now_ms)
 {
     int64_t wall = wall_ms();

@@ -70,6 +70,9 @@ typedef void (*limiter_fn)(const struct limiter_verdict *verdict, void *arg);
 struct limiter *limiter_new(struct event_base *base, struct cache_redis *redis,
                             const struct budget *overall, const struct budget *device);
 void limiter_free(struct limiter *lim);
+/* New budgets (SIGHUP); bucket states carry over. */
+void limiter_set_budgets(struct limiter *lim, const struct budget *overall,
+                         const struct budget *device);
 
 /* Asks for one upstream request for cred (and device, for kind != OVERALL).
  * Charges the buckets when allowed. fn is called exactly once, possibly

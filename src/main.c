@@ -55,7 +55,8 @@ struct process {
     struct janitor *janitor;
     struct event *drain_timer;
     int drain_polls;
-    long drain_deadline_ms; /* upstream_timeout + 2 s: every exchange can end */
+    long drain_deadline_ms;  /* upstream_timeout + 2 s: every exchange can end */
+    const char *config_path; /* -c FILE, read again on SIGHUP; NULL = none */
 };
 
 static void usage(FILE *out)
@@ -133,13 +134,33 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     drain_check(-1, 0, p);
 }
 
+/* SIGHUP: reads the configuration again (file and environment) and takes
+ * the reloadable settings; a configuration that does not load is refused
+ * and the running one stays. Connections are untouched. */
 static void on_hangup(evutil_socket_t sig, short what, void *arg)
 {
+    struct process *p = arg;
+    struct config fresh;
+    char err[512], fixed[512];
     (void)sig;
     (void)what;
-    (void)arg;
-    log_warn("SIGHUP: reloading settings is not supported by this version; restart to apply "
-             "changes");
+
+    config_init(&fresh);
+    if (!config_load(&fresh, p->config_path, err, sizeof(err))) {
+        log_error("SIGHUP: the new configuration is refused, the running one stays: %s", err);
+        config_free(&fresh);
+        return;
+    }
+    config_apply_reloadable(&p->cfg, &fresh, fixed, sizeof(fixed));
+    config_free(&fresh);
+    log_set_level(p->cfg.log_level);
+    if (p->credentials.mode == CREDENTIAL_SHARED)
+        credential_store_set_keys(&p->credentials, p->cfg.client_keys);
+    limiter_set_budgets(p->limiter, &p->cfg.budget, &p->cfg.device_budget);
+    admission_set_limits(p->admission, p->cfg.queue_timeout_ms, p->cfg.queue_max);
+    log_info("SIGHUP: reloaded client keys, cache policies, budgets, queue limits and log "
+             "level%s%s",
+             fixed[0] ? "; changed but needing a restart: " : "", fixed);
 }
 
 /* Builds everything that serves traffic. */
@@ -330,6 +351,7 @@ int main(int argc, char **argv)
     }
 
     config_init(&p.cfg);
+    p.config_path = config_path;
     if (!config_load(&p.cfg, config_path, err, sizeof(err)) ||
         !credential_store_init(&p.credentials, &p.cfg, err, sizeof(err)) ||
         (p.tls = tls_client_ctx_new(p.cfg.upstream_ca, err, sizeof(err))) == NULL) {

@@ -100,3 +100,43 @@ def test_no_secret_in_the_log(start_mock, start_proxy):
     for secret in (SHARED, KEY_HA, KEY_NR, "wrong-key-zzz"):
         assert secret not in log, f"{secret} leaked into the log"
         assert secret not in metrics, f"{secret} leaked into the metrics"
+
+
+def test_sighup_reloads_keys_policies_and_budgets(start_mock, start_proxy, tmp_path):
+    """SIGHUP takes new client keys, cache policies and budgets without
+    dropping connections; a configuration that does not load is refused and
+    the running one stays."""
+    import signal
+    from harness import wait_for
+    mock = start_mock(tokens=[SHARED])
+    conf = f"token = {SHARED}\nclient_keys = ha:{KEY_HA}\ncache_locations = 0\n"
+    proxy = start_proxy(mock.origin, config_text=conf,
+                        env={"STPROXY_BUDGET": "1000/1s", "STPROXY_DEVICE_BUDGET": "1000/1s"})
+    kept = proxy.connection()
+    kept.request("GET", "/locations", headers={"Authorization": f"Bearer {KEY_HA}"})
+    first = kept.getresponse()
+    first.read()
+    assert first.status == 200 and first.getheader("X-Cache") == "BYPASS"
+    assert proxy.request("GET", "/locations", token=KEY_NR).status == 401
+
+    with open(proxy.config_path, "w") as f:
+        f.write(f"token = {SHARED}\nclient_keys = nodered:{KEY_NR}\ncache_locations = 30s,60s\n"
+                "upstream_connections = 3\n")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloaded" in proxy.output(), what="the reload")
+    assert "needing a restart: upstream_connections" in proxy.output(), "a fixed setting that changed is named"
+    assert proxy.request("GET", "/locations", token=KEY_NR).status == 200, "the new key works"
+    assert proxy.request("GET", "/locations", token=KEY_HA).status == 401, "the old key is gone"
+    assert proxy.request("GET", "/locations", token=KEY_NR).headers["X-Cache"] == "HIT", \
+        "the new cache policy applies"
+    kept.request("GET", "/locations", headers={"Authorization": f"Bearer {KEY_NR}"})
+    again = kept.getresponse()
+    again.read()
+    assert again.status == 200, "a connection open before the reload keeps working"
+
+    with open(proxy.config_path, "w") as f:
+        f.write("client_keys = broken\n")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "the new configuration is refused" in proxy.output(), what="the refusal")
+    assert proxy.request("GET", "/locations", token=KEY_NR).status == 200, "the old one stays"
+    assert KEY_NR not in proxy.output() and SHARED not in proxy.output()
