@@ -15,13 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include <event2/buffer.h>
 
 #include "cache.h"
 #include "cache_mem.h"
 #include "cache_redis.h"
+#include "janitor.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -53,9 +53,7 @@ struct cache {
 
 uint64_t cache_now_ms(void)
 {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    return (uint64_t)janitor_wall_ms();
 }
 
 enum cache_freshness cache_entry_freshness(const struct cache_entry *e, uint64_t now_ms)

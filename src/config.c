@@ -550,7 +550,7 @@ static bool load_file(struct config *cfg, const char *path, char *err, size_t er
     return true;
 }
 
-static void env_name(const char *name, char *out, size_t outlen)
+void config_env_name(const char *name, char *out, size_t outlen)
 {
     size_t i, n = (size_t)snprintf(out, outlen, "STPROXY_");
     for (i = 0; name[i] != '\0' && n + 1 < outlen; i++)
@@ -565,7 +565,7 @@ static bool load_environment(struct config *cfg, char *err, size_t errlen)
 
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const char *value;
-        env_name(options[i].name, env, sizeof(env));
+        config_env_name(options[i].name, env, sizeof(env));
         value = getenv(env);
         if (value == NULL)
             continue;
@@ -583,7 +583,7 @@ static bool load_environment(struct config *cfg, char *err, size_t errlen)
         if (strncmp(*e, "STPROXY_", 8) != 0 || eq == NULL)
             continue;
         for (size_t i = 0; i < OPTION_COUNT && !known; i++) {
-            env_name(options[i].name, env, sizeof(env));
+            config_env_name(options[i].name, env, sizeof(env));
             known = strlen(env) == (size_t)(eq - *e) && strncmp(env, *e, (size_t)(eq - *e)) == 0;
         }
         if (!known)

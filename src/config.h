@@ -90,6 +90,8 @@ struct option_def {
 };
 
 const struct option_def *config_options(size_t *count);
+/* The environment name of a setting: STPROXY_ and the name in capitals. */
+void config_env_name(const char *name, char *out, size_t outlen);
 
 void config_init(struct config *cfg);
 void config_free(struct config *cfg);

@@ -12,10 +12,10 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#include <sys/time.h>
 
 #include "config.h"
 #include "credential.h"
+#include "janitor.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -288,13 +288,6 @@ enum credential_status credential_resolve(const struct credential_store *store,
     return CREDENTIAL_OK;
 }
 
-static long long now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 /* Adapts the OAuth2 callback (NUL-terminated token) to ours. */
 struct oauth_call {
     credential_token_fn fn;
@@ -323,7 +316,7 @@ void credential_with_token(struct credential_store *store, const char *passthrou
         return;
     }
     if (store->failure[0] != '\0') {
-        long long now = now_ms();
+        long long now = janitor_wall_ms();
         if (now < store->probe_after_ms) {
             fn(NULL, 0, store->failure, arg);
             return;
@@ -350,7 +343,7 @@ void credential_upstream_status(struct credential_store *store, const char *toke
                      store->rejections);
             log_error("credential: %s", store->failure);
             metrics_set(METRIC_CREDENTIAL_FAILED, 1);
-            store->probe_after_ms = now_ms() + STATIC_PROBE_MS;
+            store->probe_after_ms = janitor_wall_ms() + STATIC_PROBE_MS;
         }
     } else if (status >= 200 && status < 300) {
         if (store->failure[0] != '\0')

@@ -2,6 +2,7 @@
  * janitor.c: owns the periodic timer and the list of housekeeping tasks.
  */
 #include <stdlib.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -28,6 +29,13 @@ uint64_t janitor_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int64_t janitor_wall_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
 static void tick(evutil_socket_t fd, short what, void *arg)

@@ -22,4 +22,8 @@ void janitor_free(struct janitor *jan);
 /* The monotonic clock the janitor passes to its tasks. */
 uint64_t janitor_now_ms(void);
 
+/* Wall-clock milliseconds: for deadlines other processes (sharing Redis) and
+ * the upstream (token lifetimes, reset times) must agree on. */
+int64_t janitor_wall_ms(void);
+
 #endif

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 
 #include <event2/http.h>
@@ -20,6 +19,7 @@
 
 #include "cache_redis.h"
 #include "config.h"
+#include "janitor.h"
 #include "limiter.h"
 #include "log.h"
 #include "mem.h"
@@ -175,13 +175,6 @@ static struct bucket *bucket_get(struct limiter *lim, const char *key)
     return b;
 }
 
-static int64_t wall_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 static void bucket_keys(const char *cred, const char *device, enum limiter_kind kind, char *overall,
                         char *dev, size_t len)
 {
@@ -227,7 +220,7 @@ static void check_local(struct limiter *lim, const char *cred, const char *devic
     struct budget ob = effective_overall(lim, cred, true), db = effective_device(lim, true);
     struct gcra og, dg;
     struct bucket *o, *d = NULL;
-    int64_t now = wall_ms(), ow, dw = 0;
+    int64_t now = janitor_wall_ms(), ow, dw = 0;
 
     bucket_keys(cred, device, kind, okey, dkey, sizeof(okey));
     gcra_from_budget(&ob, &og);
@@ -405,7 +398,7 @@ static void pause_bucket(struct limiter *lim, const char *local_key, const char 
     struct bucket *b = bucket_get(lim, local_key);
     char arg[24];
     const char *argv[] = {"EVAL", pause_script, "1", redis_key, arg};
-    int64_t until = wall_ms() + ms;
+    int64_t until = janitor_wall_ms() + ms;
 
     if (until > b->state.paused_until_ms)
         b->state.paused_until_ms = until;
@@ -422,7 +415,7 @@ void limiter_learn(struct limiter *lim, const char *cred, const char *device,
     const char *limit = evhttp_find_header(headers, "X-RateLimit-Limit");
     const char *remaining = evhttp_find_header(headers, "X-RateLimit-Remaining");
     int64_t reset =
-        limiter_parse_reset(evhttp_find_header(headers, "X-RateLimit-Reset"), wall_ms());
+        limiter_parse_reset(evhttp_find_header(headers, "X-RateLimit-Reset"), janitor_wall_ms());
     char okey[200], dkey[300], rokey[200], rdkey[300];
 
     bucket_keys(cred, device, kind, okey, dkey, sizeof(okey));
@@ -489,7 +482,7 @@ void limiter_set_budgets(struct limiter *lim, const struct budget *overall,
 
 void limiter_housekeeping(struct limiter *lim, int64_t now_ms)
 {
-    int64_t wall = wall_ms();
+    int64_t wall = janitor_wall_ms();
     (void)now_ms;
     for (size_t i = 0; i < TABLE_SIZE; i++) {
         struct bucket **link = &lim->table[i];

@@ -73,10 +73,7 @@ static void usage(FILE *out)
                  "Settings (file key / environment variable, default):\n");
     for (size_t i = 0; i < n; i++) {
         char env[64];
-        size_t k = (size_t)snprintf(env, sizeof(env), "STPROXY_");
-        for (const char *p = opts[i].name; *p && k + 1 < sizeof(env); p++)
-            env[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
-        env[k] = '\0';
+        config_env_name(opts[i].name, env, sizeof(env));
         fprintf(out, "  %-26s %-34s %s\n      %s\n", opts[i].name, env,
                 opts[i].def ? opts[i].def : "(unset)", opts[i].doc);
     }

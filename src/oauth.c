@@ -36,6 +36,7 @@
 
 #include "cache_redis.h"
 #include "config.h"
+#include "janitor.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -90,13 +91,6 @@ struct oauth {
 
 static void refresh_start(struct oauth *oa);
 static void recover_start(struct oauth *oa);
-
-static int64_t wall_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 static void set_secret(char **slot, const char *value)
 {
@@ -358,7 +352,7 @@ static void schedule(struct oauth *oa, int64_t ms)
 /* Takes up new tokens: the refresh token is already durable. */
 static void adopt(struct oauth *oa, const char *access, int64_t expires_ms)
 {
-    int64_t now = wall_ms(), lifetime = expires_ms - now, margin = lifetime / 10;
+    int64_t now = janitor_wall_ms(), lifetime = expires_ms - now, margin = lifetime / 10;
 
     set_secret(&oa->access_token, access);
     oa->expires_ms = expires_ms;
@@ -464,7 +458,7 @@ static void refresh_done(enum upstream_result result, struct upstream_response *
             log_error("oauth: the new refresh token is only in memory: %s", err);
     }
     {
-        int64_t expires = wall_ms() + (ans.expires_in > 0 ? ans.expires_in : 3600) * 1000;
+        int64_t expires = janitor_wall_ms() + (ans.expires_in > 0 ? ans.expires_in : 3600) * 1000;
         if (redis_up(oa)) {
             char key[160], exp[24];
             const char *argv[] = {
@@ -524,7 +518,7 @@ static void recover_reply(bool ok, const redisReply *reply, void *arg)
         set_secret(&oa->refresh_token, refresh);
         if (!oauth_state_write(oa->state_dir, oa->client_id, refresh, err, sizeof(err)))
             log_warn("oauth: cannot store the shared refresh token: %s", err);
-        if (access != NULL && expires - wall_ms() > 1000) {
+        if (access != NULL && expires - janitor_wall_ms() > 1000) {
             adopt(oa, access, expires);
             return;
         }
@@ -585,7 +579,7 @@ static void shared_reply(bool ok, const redisReply *reply, void *arg)
     struct oauth *oa = arg;
     struct shared_record rec;
     const char *refresh, *access;
-    int64_t expires, now = wall_ms();
+    int64_t expires, now = janitor_wall_ms();
 
     parse_shared(ok, reply, &rec);
     refresh = rec.refresh;
@@ -645,7 +639,7 @@ static void refresh_start(struct oauth *oa)
         oa->state == OAUTH_WAITING)
         return;
     if (oa->redis != NULL && cache_redis_state(oa->redis) == REDIS_CONNECTING &&
-        wall_ms() - oa->started_ms < STARTUP_REDIS_WAIT_MS) {
+        janitor_wall_ms() - oa->started_ms < STARTUP_REDIS_WAIT_MS) {
         /* Just started: another process may hold newer tokens in Redis, and
          * refreshing with a used refresh token would kill the credential. */
         schedule(oa, 50);
@@ -699,7 +693,7 @@ void oauth_with_token(struct oauth *oa, oauth_token_fn fn, void *arg)
         oa->failures = 0;
         oa->state = OAUTH_IDLE;
     }
-    if (token_valid(oa, wall_ms())) {
+    if (token_valid(oa, janitor_wall_ms())) {
         fn(oa->access_token, NULL, arg);
         return;
     }
@@ -764,7 +758,7 @@ struct oauth *oauth_new(struct event_base *base, const struct config *cfg, SSL_C
         oauth_free(oa);
         return NULL;
     }
-    oa->started_ms = wall_ms();
+    oa->started_ms = janitor_wall_ms();
     schedule(oa, 0); /* fetch the first access token right away */
     return oa;
 }

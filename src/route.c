@@ -11,8 +11,8 @@
 #include <strings.h>
 
 #include <event2/http.h>
-#include <openssl/sha.h>
 
+#include "credential.h"
 #include "mem.h"
 #include "route.h"
 
@@ -114,19 +114,9 @@ char *route_normalise_query(const char *query)
     return out;
 }
 
-static void hex_digest(const unsigned char *md, size_t n, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 void route_key_device(const char *device, char out[ROUTE_ID_MAX])
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[CREDENTIAL_ID_LEN + 1];
     bool plain = device[0] != '\0';
 
     for (const char *p = device; *p != '\0' && plain; p++)
@@ -135,16 +125,17 @@ void route_key_device(const char *device, char out[ROUTE_ID_MAX])
         strcpy(out, device);
         return;
     }
-    SHA256((const unsigned char *)device, strlen(device), md);
+    /* 'h' and the first 128 bits of the hash, in hex */
+    credential_hash_hex(device, strlen(device), hex);
     out[0] = 'h';
-    hex_digest(md, 16, out + 1);
+    memcpy(out + 1, hex, 32);
+    out[33] = '\0';
 }
 
 char *route_cache_key(const struct route *r, const char *method, const char *cred_id,
                       const char *accept)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char digest[2 * SHA256_DIGEST_LENGTH + 1], device[ROUTE_ID_MAX];
+    char digest[CREDENTIAL_ID_LEN + 1], device[ROUTE_ID_MAX];
     char *query = route_normalise_query(r->query);
     const char *fields[4] = {method, r->path, query, accept ? accept : ""};
     size_t len = 0;
@@ -160,10 +151,9 @@ char *route_cache_key(const struct route *r, const char *method, const char *cre
         memcpy(buf + len, fields[i], n);
         len += n;
     }
-    SHA256((const unsigned char *)buf, len, md);
+    credential_hash_hex(buf, len, digest);
     free(buf);
     free(query);
-    hex_digest(md, SHA256_DIGEST_LENGTH, digest);
     if (r->device_id[0] != '\0')
         route_key_device(r->device_id, device);
     else

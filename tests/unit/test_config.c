@@ -80,10 +80,7 @@ static void check_documented(void)
     tap_ok(readme != NULL, "README.md is readable");
     for (size_t i = 0; i < n; i++) {
         char env[64], name[160];
-        size_t k = (size_t)snprintf(env, sizeof(env), "STPROXY_");
-        for (const char *p = opts[i].name; *p; p++)
-            env[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
-        env[k] = '\0';
+        config_env_name(opts[i].name, env, sizeof(env));
         /* the sample holds "key = value" or a commented "# key = value" */
         snprintf(needle, sizeof(needle), "\n%s = ", opts[i].name);
         snprintf(name, sizeof(name), "conf/stproxy.conf documents %s", opts[i].name);
