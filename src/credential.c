@@ -12,7 +12,6 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-
 #include "config.h"
 #include "credential.h"
 #include "janitor.h"
