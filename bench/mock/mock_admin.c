@@ -9,11 +9,13 @@
  *   GET  /counters      {"total":N,"by_path":{"GET /devices":n},"by_token":{..},"by_status":{..},
  *                        "held":N,"rate_limited":N,"max_in_window":{token:n},
  *                        "max_in_sliding_window":{token:n},
- *                        "device_max_in_window":{"token device status|command":n}};
+ *                        "device_max_in_window":{"token device status|command":n},
+ *                        "rate_limited_by_token":{token:n}};
  *                        by_status counts answers by status, and requests that got
  *                        no HTTP answer under "reset", "hang" or "garbage"; held is how many
  *                        hanging requests are held right now (not a counter: /reset keeps it);
- *                        rate_limited counts the 429s of the limits and of inject_429; the max_
+ *                        rate_limited counts the 429s of the limits and of inject_429 (and
+ *                        rate_limited_by_token the same per token); the max_
  *                        members are the most requests a token (or device and kind) had in one
  *                        fixed window of its limit, and in any interval of rate_window_ms
  *                        (mock_limit.c); "oauth":{"token_requests","refreshes","code_exchanges",

@@ -52,6 +52,7 @@ struct limit_entry {
     unsigned long long denied; /* 429s in the current window */
     unsigned long long max_in_window;
     unsigned long long max_sliding;
+    unsigned long long limited; /* tokens: 429s since start or reset, limits and injections */
     struct limit_arrival *ring; /* ring_cap slots, the oldest at ring_first */
     size_t ring_cap, ring_first, ring_n;
 };
@@ -335,6 +336,7 @@ struct mock_limit_verdict mock_limit_take(const char *token, enum evhttp_cmd_typ
         v.remaining = 0;
         counted->denied++;
         v.attempt = counted->denied;
+        tok->limited++;
         limit_ring_mark_newest_limited(tok);
     }
     return v;
@@ -392,6 +394,14 @@ void mock_limit_counters_json(struct evbuffer *out)
     limit_map_json(out, &limit_tokens, true);
     evbuffer_add_printf(out, ",\"device_max_in_window\":");
     limit_map_json(out, &limit_devices, false);
+    evbuffer_add_printf(out, ",\"rate_limited_by_token\":{");
+    for (size_t i = 0; i < limit_tokens.n; i++) {
+        if (i > 0)
+            evbuffer_add(out, ",", 1);
+        mock_json_cstr(out, limit_tokens.items[i].key);
+        evbuffer_add_printf(out, ":%llu", limit_tokens.items[i].limited);
+    }
+    evbuffer_add(out, "}", 1);
 }
 
 void mock_limit_arrivals_json(struct evbuffer *out)

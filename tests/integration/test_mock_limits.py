@@ -65,6 +65,8 @@ def test_per_token_limit_headers_and_the_real_429(mock):
     conn.close()
     counters = mock.counters()
     assert counters["rate_limited"] == 2
+    assert counters["rate_limited_by_token"] == {TOKEN: 2, OTHER: 0}, \
+        "the bench harness tells direct and proxied 429s apart by token"
     assert counters["by_status"] == {"200": 5, "429": 2}
     assert counters["max_in_window"] == {TOKEN: 5, OTHER: 1}, \
         "every arrival counts in its window, the 429s too"
