@@ -16,6 +16,7 @@
 #include "credential.h"
 #include "mem.h"
 #include "route.h"
+#include "server.h"
 #include "metrics.h"
 #include "reply.h"
 
@@ -52,17 +53,17 @@ void admin_set_draining(struct admin *adm)
     adm->readiness = ADMIN_DRAINING;
 }
 
-static void send_text(struct evhttp_request *req, int status, const char *ctype,
+static void send_text(struct server_request *req, int status, const char *ctype,
                       struct evbuffer *body)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-    evhttp_send_reply(req, status, reply_reason(status), body);
+    evhttp_add_header(server_request_output_headers(req), "Content-Type", ctype);
+    evhttp_add_header(server_request_output_headers(req), "Cache-Control", "no-store");
+    server_send_reply(req, status, reply_reason(status), body);
 }
 
 static void purge_done(size_t purged, void *arg)
 {
-    struct evhttp_request *req = arg;
+    struct server_request *req = arg;
     struct evbuffer *body = evbuffer_new();
 
     evbuffer_add_printf(body, "{\"purged\":%zu}\n", purged);
@@ -80,9 +81,8 @@ static bool is_credential_id(const char *s)
 }
 
 /* POST /purge[?credential=<id>|client=<name>][&device=<id>] */
-static void handle_purge(struct admin *adm, struct evhttp_request *req)
+static void handle_purge(struct admin *adm, struct server_request *req, const char *query)
 {
-    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
     struct evkeyvalq params;
     const char *cred = NULL, *client, *device_param;
     char device[ROUTE_ID_MAX];
@@ -130,18 +130,19 @@ static const char *cache_backend_name(enum cache_backend b)
     return "unknown";
 }
 
-void admin_handle(struct evhttp_request *req, void *arg)
+void admin_handle(struct server_request *req, void *arg)
 {
     struct admin *adm = arg;
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    struct evhttp_uri *uri = evhttp_uri_parse_with_flags(server_request_uri(req), 0);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type cmd = server_request_command(req);
     struct evbuffer *body = evbuffer_new();
 
     if (path == NULL)
         path = "";
     if (strcmp(path, "/purge") == 0) {
         if (cmd == EVHTTP_REQ_POST)
-            handle_purge(adm, req);
+            handle_purge(adm, req, evhttp_uri_get_query(uri));
         else
             reply_error(req, 405, "MethodNotAllowedError", "/purge takes POST");
     } else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
@@ -173,4 +174,6 @@ void admin_handle(struct evhttp_request *req, void *arg)
                     "Admin endpoints: /healthz, /readyz, /metrics, POST /purge");
     }
     evbuffer_free(body);
+    if (uri != NULL)
+        evhttp_uri_free(uri);
 }

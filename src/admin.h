@@ -9,7 +9,7 @@
 
 #include <stdbool.h>
 
-struct evhttp_request;
+struct server_request;
 struct admin;
 struct cache;
 struct cache_redis;
@@ -22,6 +22,6 @@ void admin_free(struct admin *adm);
 /* Marks the process as draining: /readyz answers 503 from then on. */
 void admin_set_draining(struct admin *adm);
 /* The admin listener's handler (server_handler_fn). */
-void admin_handle(struct evhttp_request *req, void *arg);
+void admin_handle(struct server_request *req, void *arg);
 
 #endif

@@ -1,13 +1,13 @@
 /*
  * forward.c: owns each client request from arrival to answer.
  *
- * A proxy_request is created when evhttp hands us a complete request and
- * freed right after the answer is sent. While it waits for the upstream the
- * upstream pool holds a pointer to it (the done callback's argument); the
- * upstream always calls back exactly once, so the request is freed exactly
- * once. If the client disconnects meanwhile, libevent detaches the
- * evhttp_request from its connection and evhttp_send_reply then only frees
- * it, so answering late is safe.
+ * A proxy_request is created when the server (server.c) hands us a complete
+ * request and freed right after the answer is sent. While it waits for the
+ * upstream the upstream pool holds a pointer to it (the done callback's
+ * argument); the upstream always calls back exactly once, so the request is
+ * freed exactly once. If the client disconnects meanwhile, the server
+ * detaches the request from its connection and server_send_reply then only
+ * frees it, so answering late is safe.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -33,6 +33,7 @@
 #include "reply.h"
 #include "rewrite.h"
 #include "route.h"
+#include "server.h"
 #include "upstream.h"
 
 struct forward {
@@ -57,7 +58,7 @@ enum preq_state {
 /* One client request. */
 struct proxy_request {
     struct forward *fwd;
-    struct evhttp_request *req; /* evhttp's; valid until we reply */
+    struct server_request *req; /* the server's; valid until we reply */
     enum preq_state state;
     const char *method;
     struct route route;
@@ -90,7 +91,7 @@ static const char *const request_skip[] = {
     NULL,
 };
 
-/* Response headers that belong to one connection, or that evhttp sets. */
+/* Response headers that belong to one connection, or that the server sets. */
 static const char *const response_skip[] = {
     "Connection",
     "Keep-Alive",
@@ -182,30 +183,6 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     return "UNKNOWN";
 }
 
-/* RFC 9110 token characters: what a header name may be made of. */
-static bool is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-/* evhttp checks header values but not names: a name like "Transfer-Encoding "
- * would slip past the hop-by-hop list and reach the upstream. Refuse any
- * request with a name that is not a token. */
-static bool header_names_valid(const struct evkeyvalq *headers)
-{
-    const struct evkeyval *h;
-    TAILQ_FOREACH(h, headers, next)
-    {
-        if (h->key[0] == '\0')
-            return false;
-        for (const char *p = h->key; *p != '\0'; p++)
-            if (!is_tchar((unsigned char)*p))
-                return false;
-    }
-    return true;
-}
-
 /* A Host value safe to put in a URL and a JSON string: name or address, port. */
 static bool host_is_safe(const char *host)
 {
@@ -258,7 +235,7 @@ static void preq_fail(struct proxy_request *pr, int status, const char *code, co
 static void send_answer(struct proxy_request *pr, int status, const struct evkeyvalq *headers,
                         const char *content_type, const char *body, size_t len, long age_s)
 {
-    struct evkeyvalq *out_headers = evhttp_request_get_output_headers(pr->req);
+    struct evkeyvalq *out_headers = server_request_output_headers(pr->req);
     const char *ctype = headers ? evhttp_find_header(headers, "Content-Type") : content_type;
     const char *encoding = headers ? evhttp_find_header(headers, "Content-Encoding") : NULL;
     struct evbuffer *out = evbuffer_new();
@@ -266,8 +243,8 @@ static void send_answer(struct proxy_request *pr, int status, const struct evkey
 
     if (headers != NULL) {
         copy_headers(headers, out_headers, response_skip);
-        /* evhttp sends no body and no length for HEAD: keep the upstream's. */
-        if (evhttp_request_get_command(pr->req) == EVHTTP_REQ_HEAD &&
+        /* The server sends no body for HEAD: keep the upstream's length. */
+        if (server_request_command(pr->req) == EVHTTP_REQ_HEAD &&
             evhttp_find_header(headers, "Content-Length") != NULL)
             evhttp_add_header(out_headers, "Content-Length",
                               evhttp_find_header(headers, "Content-Length"));
@@ -281,7 +258,7 @@ static void send_answer(struct proxy_request *pr, int status, const struct evkey
         snprintf(age, sizeof(age), "%ld", age_s);
         evhttp_add_header(out_headers, "Age", age);
     }
-    evhttp_send_reply(pr->req, status, reply_reason(status), out);
+    server_send_reply(pr->req, status, reply_reason(status), out);
     evbuffer_free(out);
     preq_finish(pr, status);
 }
@@ -388,7 +365,7 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
 static void upstream_headers(struct proxy_request *pr, struct evkeyvalq *headers, const char *token,
                              size_t token_len)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(pr->req);
+    struct evkeyvalq *in = server_request_input_headers(pr->req);
     char auth[TOKEN_MAX + 8];
 
     TAILQ_INIT(headers);
@@ -426,7 +403,7 @@ static void answer_throttled(struct proxy_request *pr, int64_t retry_after_ms)
     long seconds = (long)((retry_after_ms + 999) / 1000);
 
     snprintf(retry, sizeof(retry), "%ld", seconds < 1 ? 1 : seconds);
-    evhttp_add_header(evhttp_request_get_output_headers(pr->req), "Retry-After", retry);
+    evhttp_add_header(server_request_output_headers(pr->req), "Retry-After", retry);
     preq_fail(pr, 429, "TooManyRequestError",
               "The proxy is pacing this credential's requests to stay within its SmartThings "
               "rate limit; retry after the time in Retry-After");
@@ -461,8 +438,8 @@ static void send_with_token(const char *token, size_t len, const char *failure, 
     upstream_headers(pr, &headers, token, len);
     target = upstream_target(pr);
     pr->state = PREQ_UPSTREAM;
-    upstream_send(pr->fwd->parts.pool, pr->method, target, &headers,
-                  evhttp_request_get_input_buffer(pr->req), upstream_done, pr);
+    upstream_send(pr->fwd->parts.pool, pr->method, target, &headers, server_request_body(pr->req),
+                  upstream_done, pr);
     clear_headers(&headers);
     free(target);
 }
@@ -483,7 +460,7 @@ static void send_admitted(bool admitted, int64_t retry_after_ms, void *arg)
  * writes first in the queue, anything else as a read. */
 static void send_upstream(struct proxy_request *pr)
 {
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(pr->req);
+    enum evhttp_cmd_type cmd = server_request_command(pr->req);
     char device[ROUTE_ID_MAX];
     struct admit_request req = {
         .cred = pr->cred.id,
@@ -591,12 +568,12 @@ static bool is_cacheable(const struct proxy_request *pr, enum evhttp_cmd_type cm
     return cmd == EVHTTP_REQ_GET && pr->fwd->config->policies[pr->route.cls].fresh_ms > 0;
 }
 
-void forward_handle(struct evhttp_request *req, void *arg)
+void forward_handle(struct server_request *req, void *arg)
 {
     struct forward *fwd = arg;
     struct proxy_request *pr = xcalloc(1, sizeof(*pr));
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    struct evkeyvalq *in = server_request_input_headers(req);
+    enum evhttp_cmd_type cmd = server_request_command(req);
     const char *host = evhttp_find_header(in, "Host");
     enum route_status rs;
     enum credential_status cs;
@@ -613,8 +590,8 @@ void forward_handle(struct evhttp_request *req, void *arg)
 
     if (fwd->draining) {
         /* A kept-alive client asking during shutdown: tell it to go elsewhere. */
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        evhttp_add_header(server_request_output_headers(req), "Connection", "close");
+        evhttp_add_header(server_request_output_headers(req), "Retry-After", "1");
         preq_fail(pr, 503, "ServiceUnavailableError", "The proxy is shutting down");
         return;
     }
@@ -624,13 +601,7 @@ void forward_handle(struct evhttp_request *req, void *arg)
                   "This proxy forwards only SmartThings API requests");
         return;
     }
-    if (!header_names_valid(in)) {
-        metrics_inc(METRIC_TARGET_REFUSED);
-        log_warn("refused a %s request with a malformed header name", pr->method);
-        preq_fail(pr, 400, "BadRequestError", "A header name is not a valid HTTP token");
-        return;
-    }
-    rs = route_parse(evhttp_request_get_uri(req), fwd->listen_address, &pr->route);
+    rs = route_parse(server_request_uri(req), fwd->listen_address, &pr->route);
     if (rs != ROUTE_OK) {
         metrics_inc(METRIC_TARGET_REFUSED);
         log_warn("refused target (%s) from a %s request", route_status_reason(rs), pr->method);

@@ -12,7 +12,7 @@
 #include <stdbool.h>
 
 struct event_base;
-struct evhttp_request;
+struct server_request;
 struct upstream_pool;
 struct credential_store;
 struct cache;
@@ -44,7 +44,7 @@ struct forward *forward_new(const struct forward_settings *settings,
 void forward_free(struct forward *fwd);
 
 /* The client listener's handler (server_handler_fn). */
-void forward_handle(struct evhttp_request *req, void *arg);
+void forward_handle(struct server_request *req, void *arg);
 
 /* From now on new requests get 503 and Connection: close (shutdown). */
 void forward_set_draining(struct forward *fwd);

@@ -90,8 +90,6 @@ static void print_versions(void)
 static void housekeeping(uint64_t now_ms, void *arg)
 {
     struct process *p = arg;
-    server_sweep(p->client);
-    server_sweep(p->admin_server);
     cache_housekeeping(p->cache, now_ms);
     limiter_housekeeping(p->limiter, (int64_t)now_ms);
 }

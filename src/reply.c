@@ -12,6 +12,7 @@
 
 #include "metrics.h"
 #include "reply.h"
+#include "server.h"
 
 void reply_request_id(char *buf, size_t len)
 {
@@ -36,10 +37,10 @@ void reply_json_escape(struct evbuffer *out, const char *s)
     }
 }
 
-void reply_error(struct evhttp_request *req, int status, const char *code, const char *message)
+void reply_error(struct server_request *req, int status, const char *code, const char *message)
 {
     struct evbuffer *body = evbuffer_new();
-    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    struct evkeyvalq *headers = server_request_output_headers(req);
     char id[48];
 
     reply_request_id(id, sizeof(id));
@@ -49,7 +50,7 @@ void reply_error(struct evhttp_request *req, int status, const char *code, const
     reply_json_escape(body, message);
     evbuffer_add_printf(body, "\",\"details\":[]}}");
     evhttp_add_header(headers, "Content-Type", "application/json;charset=utf-8");
-    evhttp_send_reply(req, status, reply_reason(status), body);
+    server_send_reply(req, status, reply_reason(status), body);
     evbuffer_free(body);
 }
 

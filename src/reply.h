@@ -10,13 +10,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-struct evhttp_request;
+struct server_request;
 
 /* A fresh request id: hex, unique within the process and across restarts. */
 void reply_request_id(char *buf, size_t len);
 
 /* Sends status with the API error body; extra_header may be NULL. */
-void reply_error(struct evhttp_request *req, int status, const char *code, const char *message);
+void reply_error(struct server_request *req, int status, const char *code, const char *message);
 
 /* Writes s escaped for the inside of a JSON string. */
 struct evbuffer;

@@ -200,8 +200,8 @@ def test_port_in_use_stops_start_up(mock):
 
 
 def test_malformed_header_names_never_reach_the_upstream(mock, start_proxy):
-    """evhttp checks header values but not names; a name with a blank before
-    the colon would slip past the hop-by-hop list."""
+    """A name with a blank before the colon would slip past the hop-by-hop
+    list; the server refuses any name that is not a token."""
     proxy = start_proxy(mock.origin)
     for bad in (b"Transfer-Encoding : chunked", b"Content-Length : 0", b": empty-name",
                 b"Bad Name: x", b"X\x01Ctl: y"):
@@ -252,3 +252,85 @@ def test_sigterm_drains_and_turns_new_requests_away(mock, start_proxy):
     t.join(timeout=5)
     assert result.get("status") == 200, "the in-flight request still completed"
     assert proxy.proc.wait(timeout=5) == 0
+
+
+def test_request_smuggling_shapes_refused(mock, start_proxy):
+    """Framing that two parties could read two ways is refused before any
+    handler sees it, and the connection is closed."""
+    proxy = start_proxy(mock.origin)
+    head = b"POST /devices/x/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+    shapes = {
+        b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n": b"400",
+        b"Content-Length: 4\r\nContent-Length: 5\r\n\r\n{}{}": b"400",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n": b"400",
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n": b"501",
+        b"Content-Length: -1\r\n\r\n": b"400",
+        b"Content-Length: 1e3\r\n\r\n": b"400",
+        b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n": b"400",
+        b"X-Bare-CR: a\rb\r\nContent-Length: 0\r\n\r\n": b"400",
+    }
+    for tail, status in shapes.items():
+        answer = raw_exchange(proxy.port, head + tail)
+        assert answer.startswith(b"HTTP/1.1 " + status), (tail, answer[:80])
+        assert b"Connection: close" in answer and b'"requestId"' in answer, answer
+    assert raw_exchange(proxy.port, b"GET /locations HTTP/1.1\r\nAuthorization: Bearer t\r\n"
+                        b"\r\n").startswith(b"HTTP/1.1 400"), "HTTP/1.1 without Host"
+    assert raw_exchange(proxy.port, b"GET /locations HTTP/2.0\r\nHost: x\r\n\r\n") \
+        .startswith(b"HTTP/1.1 505")
+    assert raw_exchange(proxy.port, b"BREW /locations HTTP/1.1\r\nHost: x\r\n\r\n") \
+        .startswith(b"HTTP/1.1 501")
+    assert mock.counters()["total"] == 0, "nothing refused reached the upstream"
+    assert proxy.request("GET", "/locations", token=TOKEN).status == 200, "still serving"
+
+
+def test_oversized_headers_get_431(mock, start_proxy):
+    proxy = start_proxy(mock.origin, env={"STPROXY_MAX_HEADER_SIZE": "4k"})
+    answer = raw_exchange(proxy.port, b"GET /devices HTTP/1.1\r\nHost: x\r\nX-Big: " +
+                          b"x" * 5000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    assert b'"RequestHeaderFieldsTooLargeError"' in answer
+
+
+def test_pipelined_and_chunked_requests(mock, start_proxy):
+    """Two requests in one write get two answers in order; a chunked command
+    body reaches the upstream whole, with a Content-Length."""
+    proxy = start_proxy(mock.origin)
+    device = mock.device_ids(TOKEN)[0]
+    auth = f"Authorization: Bearer {TOKEN}\r\nHost: x\r\n".encode()
+    body = b'{"commands":[{"component":"main","capability":"switch","command":"on"}]}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    data = (b"GET /locations HTTP/1.1\r\n" + auth + b"\r\n" +
+            f"POST /devices/{device}/commands HTTP/1.1\r\n".encode() + auth +
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunked +
+            b"GET /devices HTTP/1.1\r\n" + auth + b"Connection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(data)
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    # bodies end without a newline: the next status line follows straight on
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) [A-Z]", answer)
+    assert statuses == [b"200", b"200", b"200"], answer[:300]
+    last = mock.last_request()
+    assert last["method"] == "GET" and last["uri"].startswith("/devices")
+    assert mock.calls(f"/devices/{device}/commands", method="POST") == 1
+    assert b"Connection: close" in answer.rsplit(b"HTTP/1.1 ", 1)[1], "the last one closes"
+
+
+def test_http10_and_expect_continue(mock, start_proxy):
+    proxy = start_proxy(mock.origin)
+    answer = raw_exchange(proxy.port, f"GET /locations HTTP/1.0\r\nAuthorization: Bearer "
+                                      f"{TOKEN}\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer, answer[:200]
+    device = mock.device_ids(TOKEN)[0]
+    body = b'{"commands":[{"component":"main","capability":"switch","command":"off"}]}'
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(f"POST /devices/{device}/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  f"{TOKEN}\r\nExpect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n"
+                  .encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
