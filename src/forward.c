@@ -209,6 +209,9 @@ static void preq_finish(struct proxy_request *pr, int status)
              pr->route.path ? pr->route.path : "-", status,
              pr->cache_status ? pr->cache_status : "-", upstream_ms, total * 1000);
     metrics_count_status(METRIC_REQUESTS, status);
+    metrics_count_route(METRIC_ROUTE_REQUESTS,
+                        pr->route.path ? (int)pr->route.cls : ROUTE_CLASS_COUNT, pr->cache_status,
+                        status);
     metrics_observe(METRIC_REQUEST_DURATION, total);
     pr->state = PREQ_ANSWERED;
     pr->fwd->in_flight--;
@@ -331,7 +334,6 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
     struct proxy_request *pr = arg;
 
     pr->upstream_seconds = seconds_since(&pr->started);
-    metrics_observe(METRIC_UPSTREAM_DURATION, pr->upstream_seconds);
     if (result != UPSTREAM_OK) {
         answer_upstream_failure(pr, result, detail);
         return;

@@ -3,12 +3,19 @@
  * metrics_list.h. One process, one event loop: plain integers, no atomics.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include <event2/buffer.h>
 
 #include "metrics.h"
+#include "route.h"
 
-enum metric_type { COUNTER, GAUGE, HISTOGRAM, BY_STATUS };
+enum metric_type { COUNTER, GAUGE, HISTOGRAM, BY_STATUS, BY_ROUTE };
+
+/* The cache label values of BY_ROUTE metrics: X-Cache, or none. */
+static const char *const cache_labels[] = {"none", "HIT", "STALE", "MISS", "BYPASS"};
+#define NCACHE (sizeof(cache_labels) / sizeof(cache_labels[0]))
+#define NCLASS (ROUTE_CLASS_COUNT + 1) /* the last: refused before routing */
 
 struct metric_def {
     enum metric_type type;
@@ -33,6 +40,8 @@ static int64_t values[METRIC_COUNT];
 static uint64_t by_status[METRIC_COUNT][STATUS_MAX - STATUS_MIN + 1];
 static uint64_t hist_counts[METRIC_COUNT][NBUCKETS + 1];
 static double hist_sums[METRIC_COUNT];
+/* One BY_ROUTE metric (the only one): untouched cells cost no resident memory. */
+static uint64_t by_route[NCLASS][NCACHE][STATUS_MAX - STATUS_MIN + 1];
 
 void metrics_inc(enum metric_id id)
 {
@@ -59,6 +68,22 @@ void metrics_count_status(enum metric_id id, int status)
     if (status < STATUS_MIN || status > STATUS_MAX)
         return;
     by_status[id][status - STATUS_MIN]++;
+    values[id]++;
+}
+
+void metrics_count_route(enum metric_id id, int cls, const char *cache, int status)
+{
+    size_t c = 0;
+
+    if (status < STATUS_MIN || status > STATUS_MAX || cls < 0 || cls > ROUTE_CLASS_COUNT)
+        return;
+    if (cache != NULL) {
+        for (c = 1; c < NCACHE && strcmp(cache, cache_labels[c]) != 0; c++)
+            ;
+        if (c == NCACHE)
+            c = 0;
+    }
+    by_route[cls][c][status - STATUS_MIN]++;
     values[id]++;
 }
 
@@ -93,7 +118,8 @@ void metrics_render(struct evbuffer *out)
     static const char *const type_names[] = {[COUNTER] = "counter",
                                              [GAUGE] = "gauge",
                                              [HISTOGRAM] = "histogram",
-                                             [BY_STATUS] = "counter"};
+                                             [BY_STATUS] = "counter",
+                                             [BY_ROUTE] = "counter"};
 
     for (int id = 0; id < METRIC_COUNT; id++) {
         const struct metric_def *d = &defs[id];
@@ -114,6 +140,18 @@ void metrics_render(struct evbuffer *out)
                     evbuffer_add_printf(out, "%s{code=\"%d\"} %llu\n", d->name, s,
                                         (unsigned long long)v);
             }
+            break;
+        case BY_ROUTE:
+            for (int cls = 0; cls < (int)NCLASS; cls++)
+                for (size_t c = 0; c < NCACHE; c++)
+                    for (int s = STATUS_MIN; s <= STATUS_MAX; s++) {
+                        uint64_t v = by_route[cls][c][s - STATUS_MIN];
+                        if (v > 0)
+                            evbuffer_add_printf(
+                                out, "%s{class=\"%s\",cache=\"%s\",code=\"%d\"} %llu\n", d->name,
+                                cls < ROUTE_CLASS_COUNT ? route_class_name(cls) : "none",
+                                cache_labels[c], s, (unsigned long long)v);
+                    }
             break;
         }
     }

@@ -23,6 +23,9 @@ void metrics_inc(enum metric_id id);
 void metrics_set(enum metric_id id, int64_t value);
 /* For BY_STATUS metrics. */
 void metrics_count_status(enum metric_id id, int status);
+/* For BY_ROUTE metrics: cls is a route_class (or ROUTE_CLASS_COUNT for a
+ * request refused before it had one), cache an X-Cache value or NULL. */
+void metrics_count_route(enum metric_id id, int cls, const char *cache, int status);
 /* For HISTOGRAM metrics. */
 void metrics_observe(enum metric_id id, double seconds);
 

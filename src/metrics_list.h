@@ -8,6 +8,7 @@
  *   GAUGE          a number that goes up and down
  *   HISTOGRAM      a latency in seconds, in the buckets of metrics.c
  *   BY_STATUS      a counter labelled by HTTP status code
+ *   BY_ROUTE       a counter labelled by path class, X-Cache and status code
  */
 #ifndef STPROXY_METRICS_LIST_H
 #define STPROXY_METRICS_LIST_H
@@ -15,14 +16,19 @@
 #define METRICS_LIST(X)                                                                            \
     X(REQUESTS, BY_STATUS, "stproxy_requests_total",                                               \
       "Client requests answered, by HTTP status code")                                             \
+    X(ROUTE_REQUESTS, BY_ROUTE, "stproxy_route_requests_total",                                    \
+      "Client requests answered, by path class (class), X-Cache (cache) and status (code)")        \
     X(REQUEST_DURATION, HISTOGRAM, "stproxy_request_duration_seconds",                             \
       "Time from a client request's arrival to its answer")                                        \
     X(UPSTREAM_REQUESTS, COUNTER, "stproxy_upstream_requests_total",                               \
       "Requests sent to the upstream API")                                                         \
+    X(UPSTREAM_RESPONSES, BY_STATUS, "stproxy_upstream_responses_total",                           \
+      "Complete answers from the upstream API, by status code")                                    \
     X(UPSTREAM_ERRORS, COUNTER, "stproxy_upstream_errors_total",                                   \
       "Upstream exchanges that failed: connect, TLS, timeout, bad or oversized answer")            \
     X(UPSTREAM_DURATION, HISTOGRAM, "stproxy_upstream_duration_seconds",                           \
-      "Time from handing a request to the upstream pool to its complete answer")                   \
+      "Time from handing a request to the upstream pool to its answer or failure (reads and "      \
+      "writes)")                                                                                   \
     X(UPSTREAM_CONNECTS, COUNTER, "stproxy_upstream_connections_opened_total",                     \
       "TLS connections opened to the upstream")                                                    \
     X(UPSTREAM_REUSED, COUNTER, "stproxy_upstream_reused_total",                                   \

@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -100,6 +101,7 @@ struct uexchange {
     upstream_done_fn done;
     void *arg;
     struct upstream_response resp;
+    struct timespec started; /* for stproxy_upstream_duration_seconds */
 };
 TAILQ_HEAD(uexchange_list, uexchange);
 
@@ -149,8 +151,16 @@ static void exchange_free(struct uexchange *ex)
  * detached from any connection and from the waiting queue. */
 static void exchange_finish(struct uexchange *ex, enum upstream_result result, const char *detail)
 {
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    metrics_observe(METRIC_UPSTREAM_DURATION,
+                    (double)(now.tv_sec - ex->started.tv_sec) +
+                        (double)(now.tv_nsec - ex->started.tv_nsec) / 1e9);
     if (result != UPSTREAM_OK)
         metrics_inc(METRIC_UPSTREAM_ERRORS);
+    else
+        metrics_count_status(METRIC_UPSTREAM_RESPONSES, ex->resp.status);
     ex->done(result, &ex->resp, detail, ex->arg);
     exchange_free(ex);
 }
@@ -902,6 +912,7 @@ void upstream_send(struct upstream_pool *pool, const char *method, const char *t
     size_t body_len = body ? evbuffer_get_length(body) : 0;
     struct timeval tv;
 
+    clock_gettime(CLOCK_MONOTONIC, &ex->started);
     ex->pool = pool;
     ex->done = done;
     ex->arg = arg;
