@@ -26,7 +26,7 @@
 #include "mem.h"
 #include "metrics.h"
 
-#define ENTRY_MAGIC    "STP1"
+#define ENTRY_MAGIC    "STP2"
 #define INDEX_TTL_MS   "86400000" /* index sets outlive any entry they list */
 #define SWEEP_EVERY_MS 5000
 
@@ -90,14 +90,16 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-/* Layout: "STP1", status (8), stored, fresh_until, stale_until (8 each),
- * content-type length (8) and bytes, body length (8) and bytes. */
+/* Layout: "STP2", status (8), flags (8: bit 0 links), stored, fresh_until,
+ * stale_until (8 each), content-type length (8) and bytes, body length (8) and
+ * bytes. An entry in another layout (an older "STP1") decodes as a miss. */
 void cache_entry_encode(const struct cache_entry *e, struct evbuffer *out)
 {
     size_t ctlen = e->content_type ? strlen(e->content_type) : 0;
 
     evbuffer_add(out, ENTRY_MAGIC, 4);
     put_u64(out, (uint64_t)e->status);
+    put_u64(out, e->links ? 1 : 0);
     put_u64(out, e->stored_ms);
     put_u64(out, e->fresh_until_ms);
     put_u64(out, e->stale_until_ms);
@@ -113,7 +115,7 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
     struct cache_entry *e;
     uint64_t ctlen, blen, status;
 
-    if (len < 4 + 6 * 8 || memcmp(p, ENTRY_MAGIC, 4) != 0)
+    if (len < 4 + 7 * 8 || memcmp(p, ENTRY_MAGIC, 4) != 0)
         return NULL;
     p += 4;
     status = get_u64(p);
@@ -121,11 +123,12 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
         return NULL;
     e = xcalloc(1, sizeof(*e));
     e->status = (int)status;
-    e->stored_ms = get_u64(p + 8);
-    e->fresh_until_ms = get_u64(p + 16);
-    e->stale_until_ms = get_u64(p + 24);
-    ctlen = get_u64(p + 32);
-    p += 40;
+    e->links = (get_u64(p + 8) & 1) != 0;
+    e->stored_ms = get_u64(p + 16);
+    e->fresh_until_ms = get_u64(p + 24);
+    e->stale_until_ms = get_u64(p + 32);
+    ctlen = get_u64(p + 40);
+    p += 48;
     if (ctlen > (uint64_t)(end - p) || (uint64_t)(end - p) - ctlen < 8)
         goto bad;
     e->content_type = ctlen ? xstrndup((const char *)p, (size_t)ctlen) : NULL;
@@ -142,6 +145,14 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
 bad:
     cache_entry_free(e);
     return NULL;
+}
+
+/* The embedded store's gauges, kept current on every change (the janitor's
+ * tick would leave /metrics up to an interval behind). */
+static void mem_gauges(const struct cache *c)
+{
+    metrics_set(METRIC_CACHE_ENTRIES, (int64_t)cache_mem_entries(c->mem));
+    metrics_set(METRIC_CACHE_BYTES, (int64_t)cache_mem_bytes(c->mem));
 }
 
 struct cache *cache_new(struct cache_redis *redis, size_t max_bytes)
@@ -250,6 +261,7 @@ static void mem_store(struct cache *c, const char *key, struct evbuffer *data, u
 {
     cache_mem_put(c->mem, key, evbuffer_pullup(data, -1), evbuffer_get_length(data), expires_ms,
                   cred, device, is_status);
+    mem_gauges(c);
 }
 
 static void store_reply(bool ok, const redisReply *reply, void *arg)
@@ -336,6 +348,7 @@ static void invalidate(struct cache *c, const char *index_key, const char *cred,
     c->epoch++;
     metrics_inc(METRIC_CACHE_INVALIDATIONS);
     cache_mem_remove(c->mem, cred, device, true);
+    mem_gauges(c);
     if (redis_up(c))
         cache_redis_commandv(c->redis, ignore_reply, NULL, 4, argv);
 }
@@ -422,6 +435,8 @@ void cache_purge(struct cache *c, const char *cred, const char *device, cache_pu
     struct purge *pg;
     size_t purged = cache_mem_remove(c->mem, cred, device, false);
 
+    mem_gauges(c);
+
     c->epoch++;
     if (!redis_up(c)) {
         fn(purged, arg);
@@ -445,6 +460,5 @@ void cache_housekeeping(struct cache *c, uint64_t now_ms)
         cache_mem_sweep(c->mem, wall);
         c->last_sweep_ms = wall;
     }
-    metrics_set(METRIC_CACHE_ENTRIES, (int64_t)cache_mem_entries(c->mem));
-    metrics_set(METRIC_CACHE_BYTES, (int64_t)cache_mem_bytes(c->mem));
+    mem_gauges(c);
 }
