@@ -30,6 +30,7 @@ struct cache_entry {
     uint64_t stale_until_ms;
     char *body;
     size_t body_len;
+    bool links; /* the body has links to the upstream origin: rewritten on every answer */
 };
 
 /* How usable an entry is at a given time. */

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "rewrite.h"
 
 #define TABLE_SIZE 1024 /* buckets; flights are few and short-lived */
 
@@ -91,9 +92,10 @@ struct flights {
     struct admission *admission; /* NULL: no budgets */
     struct limiter *limiter;
     struct credential_store *credentials;
-    long lock_ttl_ms;    /* a lock not renewed for this long is free */
-    int max_lock_rounds; /* waits on another process before fetching anyway */
-    char lock_token[40]; /* identifies this process's locks */
+    char *upstream_origin; /* for cache_entry.links; NULL: every entry may have links */
+    long lock_ttl_ms;      /* a lock not renewed for this long is free */
+    int max_lock_rounds;   /* waits on another process before fetching anyway */
+    char lock_token[40];   /* identifies this process's locks */
     struct flight *table[TABLE_SIZE];
 };
 
@@ -331,6 +333,8 @@ static void fetch_done(enum upstream_result result, struct upstream_response *re
             e.stale_until_ms = e.fresh_until_ms + (uint64_t)stale;
             e.body = (char *)evbuffer_pullup(resp->body, -1);
             e.body_len = evbuffer_get_length(resp->body);
+            e.links = fl->upstream_origin == NULL ||
+                      rewrite_links_found(e.body, e.body_len, fl->upstream_origin);
             cache_store(fl->cache, f->key, &e, &tags);
             stored = true;
         }
@@ -599,6 +603,12 @@ void flight_refresh(struct flights *fl, const char *key, const struct flight_spe
     start_soon(f);
 }
 
+void flights_set_upstream_origin(struct flights *fl, const char *origin)
+{
+    free(fl->upstream_origin);
+    fl->upstream_origin = xstrdup(origin);
+}
+
 struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
                             struct cache *cache, struct cache_redis *redis, long lock_ttl_ms,
                             long max_wait_ms)
@@ -647,5 +657,6 @@ void flights_free(struct flights *fl)
             flight_fail(f, UPSTREAM_CONNECT_FAILED, "the proxy is shutting down");
         }
     }
+    free(fl->upstream_origin);
     free(fl);
 }

@@ -63,6 +63,9 @@ typedef void (*flight_done_fn)(const struct flight_answer *answer, void *arg);
 struct flights *flights_new(struct event_base *base, struct upstream_pool *pool,
                             struct cache *cache, struct cache_redis *redis, long lock_ttl_ms,
                             long max_wait_ms);
+/* The upstream origin links are matched against (as forward.c's settings): an
+ * entry records whether its body has such links, so hits without skip the rewrite. */
+void flights_set_upstream_origin(struct flights *fl, const char *origin);
 /* Fetches ask adm for budget and teach lim from the answers. */
 void flights_set_budgets(struct flights *fl, struct admission *adm, struct limiter *lim);
 /* Fetches take their upstream token from store when they are sent. */

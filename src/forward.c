@@ -236,7 +236,8 @@ static void preq_fail(struct proxy_request *pr, int status, const char *code, co
  * client, X-Cache and, for cached answers, Age. The body is not changed.
  */
 static void send_answer(struct proxy_request *pr, int status, const struct evkeyvalq *headers,
-                        const char *content_type, const char *body, size_t len, long age_s)
+                        const char *content_type, const char *body, size_t len, bool links,
+                        long age_s)
 {
     struct evkeyvalq *out_headers = server_request_output_headers(pr->req);
     const char *ctype = headers ? evhttp_find_header(headers, "Content-Type") : content_type;
@@ -253,7 +254,7 @@ static void send_answer(struct proxy_request *pr, int status, const struct evkey
                               evhttp_find_header(headers, "Content-Length"));
     } else if (content_type != NULL)
         evhttp_add_header(out_headers, "Content-Type", content_type);
-    if (len == 0 || ctype == NULL || strstr(ctype, "json") == NULL || encoding != NULL ||
+    if (!links || len == 0 || ctype == NULL || strstr(ctype, "json") == NULL || encoding != NULL ||
         !rewrite_links(body, len, pr->fwd->upstream_origin, pr->client_origin, out))
         evbuffer_add(out, body, len);
     evhttp_add_header(out_headers, "X-Cache", pr->cache_status);
@@ -357,7 +358,8 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
     }
     invalidate_after_write(pr, resp->status);
     send_answer(pr, resp->status, &resp->headers, NULL,
-                (const char *)evbuffer_pullup(resp->body, -1), evbuffer_get_length(resp->body), -1);
+                (const char *)evbuffer_pullup(resp->body, -1), evbuffer_get_length(resp->body),
+                true, -1);
 }
 
 #define TOKEN_MAX 8192 /* longer bearer tokens are refused on arrival */
@@ -499,7 +501,7 @@ static void flight_done(const struct flight_answer *answer, void *arg)
     }
     send_answer(pr, answer->status, answer->headers, NULL,
                 (const char *)evbuffer_pullup(answer->body, -1), evbuffer_get_length(answer->body),
-                -1);
+                true, -1);
 }
 
 /* Starts (or joins) the fetch of this read, or a background refresh. */
@@ -560,7 +562,7 @@ static void lookup_done(struct cache_entry *entry, void *arg)
         metrics_inc(METRIC_CACHE_HITS);
     }
     send_answer(pr, entry->status, NULL, entry->content_type, entry->body, entry->body_len,
-                (long)((now > entry->stored_ms ? now - entry->stored_ms : 0) / 1000));
+                entry->links, (long)((now > entry->stored_ms ? now - entry->stored_ms : 0) / 1000));
     cache_entry_free(entry);
 }
 

@@ -233,6 +233,7 @@ static bool process_start(struct process *p, char *err, size_t errlen)
         snprintf(origin, sizeof(origin), "https://%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "",
                  portpart);
         fs.upstream_origin = origin;
+        flights_set_upstream_origin(p->flights, origin);
         fs.listen_address = p->cfg.listen;
         fs.config = &p->cfg;
         parts.pool = p->pool;

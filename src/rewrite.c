@@ -69,9 +69,25 @@ static size_t match_origin(const char *s, size_t len, const char *origin)
     return 0;
 }
 
-bool rewrite_links(const char *body, size_t len, const char *from_origin, const char *to_origin,
-                   struct evbuffer *out)
+/* True when needle occurs in s[0..len), ignoring ASCII case. */
+static bool contains_nocase(const char *s, size_t len, const char *needle)
 {
+    size_t n = strlen(needle);
+    int first = tolower((unsigned char)needle[0]);
+
+    for (size_t i = 0; n > 0 && i + n <= len; i++) {
+        if (tolower((unsigned char)s[i]) == first && strncasecmp(s + i, needle, n) == 0)
+            return true;
+    }
+    return n == 0;
+}
+
+/* Finds the links to rewrite; with out, writes the rewritten body there, without, stops at the
+ * first one. */
+static bool scan_links(const char *body, size_t len, const char *from_origin, const char *to_origin,
+                       struct evbuffer *out)
+{
+    const char *authority = strstr(from_origin, "://");
     jsmn_parser parser;
     jsmntok_t *tok = NULL;
     int ntok, i, copied = 0;
@@ -84,6 +100,11 @@ bool rewrite_links(const char *body, size_t len, const char *from_origin, const 
     if (start == len || body[start] != '{' || len > (size_t)0x7fffffff)
         return false;
     if (memmem(body, len, "\"_links\"", 8) == NULL)
+        return false;
+    /* Every link match_origin rewrites holds the origin's host[:port] as it is: a body without
+     * it (a list that fits one page has "_links":{}) needs no tokenising. The benchmarks showed
+     * the tokenising of a 46 KB device list on every hit at 6x nginx's time. */
+    if (authority != NULL && !contains_nocase(body, len, authority + 3))
         return false;
 
     jsmn_init(&parser);
@@ -116,6 +137,10 @@ bool rewrite_links(const char *body, size_t len, const char *from_origin, const 
                         m = match_origin(body + v->start, (size_t)(v->end - v->start), from_origin);
                         if (m == 0)
                             continue;
+                        if (out == NULL) {
+                            changed = true;
+                            goto done;
+                        }
                         evbuffer_add(out, body + copied, (size_t)(v->start - copied));
                         evbuffer_add(out, to_origin, strlen(to_origin));
                         copied = v->start + (int)m;
@@ -132,4 +157,15 @@ bool rewrite_links(const char *body, size_t len, const char *from_origin, const 
 done:
     free(tok);
     return changed;
+}
+
+bool rewrite_links(const char *body, size_t len, const char *from_origin, const char *to_origin,
+                   struct evbuffer *out)
+{
+    return scan_links(body, len, from_origin, to_origin, out);
+}
+
+bool rewrite_links_found(const char *body, size_t len, const char *from_origin)
+{
+    return scan_links(body, len, from_origin, NULL, NULL);
 }

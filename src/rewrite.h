@@ -24,4 +24,9 @@ struct evbuffer;
 bool rewrite_links(const char *body, size_t len, const char *from_origin, const char *to_origin,
                    struct evbuffer *out) __attribute__((warn_unused_result));
 
+/* True when rewrite_links would change body: it has top-level _links whose
+ * hrefs start with from_origin. Computed once when an answer is cached, so a
+ * hit on an entry without such links skips the tokenising. */
+bool rewrite_links_found(const char *body, size_t len, const char *from_origin);
+
 #endif

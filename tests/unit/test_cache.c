@@ -20,7 +20,8 @@ static void test_entry_format(void)
                             .fresh_until_ms = 6000,
                             .stale_until_ms = 36000,
                             .body = "{\"a\":1}\0tail",
-                            .body_len = 12};
+                            .body_len = 12,
+                            .links = true};
     struct evbuffer *buf = evbuffer_new();
     struct cache_entry *d;
     size_t len;
@@ -36,6 +37,7 @@ static void test_entry_format(void)
     tap_ok(d->body_len == 12 && memcmp(d->body, e.body, 12) == 0, "binary body kept");
     tap_ok(d->stored_ms == 1000 && d->fresh_until_ms == 6000 && d->stale_until_ms == 36000,
            "times kept");
+    tap_ok(d->links, "the links flag kept");
     tap_is_int(cache_entry_freshness(d, 5999), CACHE_FRESH, "fresh before fresh_until");
     tap_is_int(cache_entry_freshness(d, 6000), CACHE_STALE, "stale from fresh_until");
     tap_is_int(cache_entry_freshness(d, 35999), CACHE_STALE, "stale until stale_until");
@@ -44,7 +46,7 @@ static void test_entry_format(void)
     tap_ok(cache_entry_decode(raw, len - 1) == NULL, "a truncated entry is refused");
     raw[0] = 'X';
     tap_ok(cache_entry_decode(raw, len) == NULL, "a foreign value is refused");
-    tap_ok(cache_entry_decode("STP1", 4) == NULL, "a short value is refused");
+    tap_ok(cache_entry_decode("STP2", 4) == NULL, "a short value is refused");
     evbuffer_free(buf);
     e.content_type = NULL;
     e.body_len = 0;
@@ -52,6 +54,7 @@ static void test_entry_format(void)
     cache_entry_encode(&e, buf);
     d = cache_entry_decode(evbuffer_pullup(buf, -1), evbuffer_get_length(buf));
     tap_ok(d != NULL && d->content_type == NULL && d->body_len == 0, "empty fields round-trip");
+    tap_ok(d != NULL && d->links, "the flag as set");
     cache_entry_free(d);
     evbuffer_free(buf);
 }
