@@ -70,7 +70,8 @@ void cache_entry_free(struct cache_entry *e)
     if (e == NULL)
         return;
     free(e->content_type);
-    free(e->body);
+    if (!e->borrowed)
+        free(e->body);
     free(e);
 }
 
@@ -109,7 +110,8 @@ void cache_entry_encode(const struct cache_entry *e, struct evbuffer *out)
     evbuffer_add(out, e->body, e->body_len);
 }
 
-struct cache_entry *cache_entry_decode(const void *data, size_t len)
+/* With borrow, the body points into data instead of a copy. */
+static struct cache_entry *entry_decode(const void *data, size_t len, bool borrow)
 {
     const unsigned char *p = data, *end = p + len;
     struct cache_entry *e;
@@ -137,14 +139,24 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
     p += 8;
     if (blen != (uint64_t)(end - p))
         goto bad;
-    e->body = xmalloc((size_t)blen + 1);
-    memcpy(e->body, p, (size_t)blen);
-    e->body[blen] = '\0';
+    if (borrow) {
+        e->body = (char *)p;
+        e->borrowed = true;
+    } else {
+        e->body = xmalloc((size_t)blen + 1);
+        memcpy(e->body, p, (size_t)blen);
+        e->body[blen] = '\0';
+    }
     e->body_len = (size_t)blen;
     return e;
 bad:
     cache_entry_free(e);
     return NULL;
+}
+
+struct cache_entry *cache_entry_decode(const void *data, size_t len)
+{
+    return entry_decode(data, len, false);
 }
 
 /* The embedded store's gauges, kept current on every change (the janitor's
@@ -194,7 +206,7 @@ static struct cache_entry *mem_lookup(struct cache *c, const char *key)
 {
     size_t len;
     const void *data = cache_mem_get(c->mem, key, cache_now_ms(), &len);
-    return data ? cache_entry_decode(data, len) : NULL;
+    return data ? entry_decode(data, len, true) : NULL;
 }
 
 /* A Redis lookup waiting for its reply. */
@@ -213,7 +225,7 @@ static void lookup_reply(bool ok, const redisReply *reply, void *arg)
     if (!ok)
         e = mem_lookup(lk->c, lk->key); /* Redis failed: the embedded store */
     else if (reply->type == REDIS_REPLY_STRING)
-        e = cache_entry_decode(reply->str, reply->len);
+        e = entry_decode(reply->str, reply->len, true);
     lk->fn(e, lk->arg);
     free(lk->key);
     free(lk);

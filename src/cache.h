@@ -31,6 +31,9 @@ struct cache_entry {
     char *body;
     size_t body_len;
     bool links; /* the body has links to the upstream origin: rewritten on every answer */
+    /* A looked-up entry's body points into the store or the Redis reply (no
+     * copy per hit): valid only until the lookup callback returns. */
+    bool borrowed;
 };
 
 /* How usable an entry is at a given time. */
@@ -69,7 +72,8 @@ struct cache *cache_new(struct cache_redis *redis, size_t max_bytes);
 void cache_free(struct cache *c);
 
 /* The entry (owned by the callee) or NULL. Called exactly once; may be
- * called before cache_lookup returns (embedded store). */
+ * called before cache_lookup returns (embedded store). The entry's body is
+ * borrowed: use or copy it before returning. */
 typedef void (*cache_lookup_fn)(struct cache_entry *entry, void *arg);
 void cache_lookup(struct cache *c, const char *key, cache_lookup_fn fn, void *arg);
 
