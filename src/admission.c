@@ -3,6 +3,11 @@
  * requests waiting, each with a command queue and a ring of per-client read
  * queues, and the tickets in them.
  *
+ * Refreshes of stale entries wait in a third queue, served only when no
+ * command or read can go, and checked against a reserve (gcra_for_refresh):
+ * the bench's integration mix showed refreshes draining device buckets so
+ * that a read after a command waited a whole interval and got 429.
+ *
  * One check per credential is in progress at a time (the limiter may answer
  * later, from Redis); when it says "not yet" the queue sleeps until the
  * limiter's wait is over. A ticket whose device bucket (not the
@@ -36,10 +41,11 @@ enum ticket_state {
 };
 
 /* One request waiting for budget. */
-struct ticket {
-    TAILQ_ENTRY(ticket) link; /* in cq->tickets, or q->commands */
+struct admit_ticket {
+    TAILQ_ENTRY(admit_ticket) link; /* in cq->tickets, q->commands or q->refreshes */
     struct credq *q;
-    struct client_queue *cq; /* NULL for commands */
+    struct client_queue *cq; /* NULL for commands and refreshes */
+    bool refresh;            /* in q->refreshes */
     enum ticket_state state;
     char device[128];
     bool has_device;
@@ -50,8 +56,9 @@ struct ticket {
     struct event *deadline;
     admit_fn fn;
     void *arg;
+    struct admit_ticket **handle; /* the caller's pointer to it, cleared when fn runs */
 };
-TAILQ_HEAD(ticket_list, ticket);
+TAILQ_HEAD(ticket_list, admit_ticket);
 
 /* The reads of one client, in arrival order. Kept while its credential
  * has a queue, so a client keeps its place between its requests. */
@@ -71,9 +78,10 @@ struct credq {
     char cred[72];
     struct ticket_list commands;
     struct client_ring clients; /* every client that queued while q lived */
-    uint64_t served;            /* admissions so far: orders clients by turn */
-    int count;                  /* tickets queued */
-    struct ticket *current;     /* being checked, or NULL */
+    struct ticket_list refreshes;
+    uint64_t served;              /* admissions so far: orders clients by turn */
+    int count;                    /* tickets queued */
+    struct admit_ticket *current; /* being checked, or NULL */
     bool in_pump;
     bool verdict_ready; /* a check answered inside pump() */
     struct limiter_verdict verdict;
@@ -127,6 +135,7 @@ static struct credq *credq_get(struct admission *adm, const char *cred)
     snprintf(q->cred, sizeof(q->cred), "%s", cred);
     TAILQ_INIT(&q->commands);
     TAILQ_INIT(&q->clients);
+    TAILQ_INIT(&q->refreshes);
     q->wake = evtimer_new(adm->base, wake_cb, q);
     q->next_in_bucket = adm->table[slot];
     adm->table[slot] = q;
@@ -163,11 +172,13 @@ static void credq_maybe_free(struct credq *q)
 }
 
 /* Takes a ticket out of its queue (not freed). */
-static void ticket_unlink(struct ticket *t)
+static void ticket_unlink(struct admit_ticket *t)
 {
     struct credq *q = t->q;
 
-    if (t->cq == NULL) {
+    if (t->refresh) {
+        TAILQ_REMOVE(&q->refreshes, t, link);
+    } else if (t->cq == NULL) {
         TAILQ_REMOVE(&q->commands, t, link);
     } else {
         TAILQ_REMOVE(&t->cq->tickets, t, link);
@@ -179,17 +190,19 @@ static void ticket_unlink(struct ticket *t)
 }
 
 /* Answers a ticket and frees it (already unlinked). */
-static void ticket_finish(struct ticket *t, bool admitted, int64_t retry_after_ms)
+static void ticket_finish(struct admit_ticket *t, bool admitted, int64_t retry_after_ms)
 {
     if (admitted) {
         metrics_inc(METRIC_THROTTLE_ADMITTED);
         if (t->was_queued)
             metrics_observe(METRIC_THROTTLE_QUEUE_WAIT,
                             (double)(now_ms() - t->enqueued_ms) / 1000.0);
-    } else {
-        metrics_inc(METRIC_THROTTLE_REJECTED);
+    } else if (!t->refresh) {
+        metrics_inc(METRIC_THROTTLE_REJECTED); /* a refresh's is counted as throttled stale */
     }
     event_free(t->deadline);
+    if (t->handle != NULL)
+        *t->handle = NULL;
     t->fn(admitted, retry_after_ms, t->arg);
     free(t);
 }
@@ -211,7 +224,7 @@ static int64_t retry_estimate(const struct credq *q)
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct ticket *t = arg;
+    struct admit_ticket *t = arg;
     struct credq *q = t->q;
     (void)fd;
     (void)what;
@@ -226,12 +239,13 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The next ticket to try: a command, else the first ticket (not set aside)
- * of the client served longest ago. A client keeps its turn until one of
- * its tickets is admitted, so "not yet" never costs it its place, and a
- * client that asks one request at a time alternates with a greedy one. */
-static struct ticket *pick(struct credq *q, int64_t now, int64_t *earliest)
+ * of the client served longest ago, else the oldest refresh. A client keeps
+ * its turn until one of its tickets is admitted, so "not yet" never costs it
+ * its place, and a client that asks one request at a time alternates with a
+ * greedy one. */
+static struct admit_ticket *pick(struct credq *q, int64_t now, int64_t *earliest)
 {
-    struct ticket *t, *best = NULL;
+    struct admit_ticket *t, *best = NULL;
     struct client_queue *cq, *best_cq = NULL;
 
     *earliest = 0;
@@ -257,7 +271,16 @@ static struct ticket *pick(struct credq *q, int64_t now, int64_t *earliest)
                 *earliest = t->not_before_ms;
         }
     }
-    return best;
+    if (best != NULL)
+        return best;
+    TAILQ_FOREACH(t, &q->refreshes, link)
+    {
+        if (t->not_before_ms <= now)
+            return t;
+        if (*earliest == 0 || t->not_before_ms < *earliest)
+            *earliest = t->not_before_ms;
+    }
+    return NULL;
 }
 
 static void schedule_wake(struct credq *q, int64_t ms)
@@ -273,7 +296,7 @@ static void schedule_wake(struct credq *q, int64_t ms)
 /* Acts on the verdict for q->current. Returns true to try the next ticket. */
 static bool apply_verdict(struct credq *q)
 {
-    struct ticket *t = q->current;
+    struct admit_ticket *t = q->current;
     const struct limiter_verdict *v = &q->verdict;
     bool expired = t->state == TICKET_EXPIRED;
 
@@ -325,7 +348,7 @@ static void pump(struct credq *q)
     q->in_pump = true;
     for (;;) {
         int64_t now = now_ms(), earliest;
-        struct ticket *t = pick(q, now, &earliest);
+        struct admit_ticket *t = pick(q, now, &earliest);
         if (t == NULL) {
             if (earliest > 0)
                 schedule_wake(q, earliest - now);
@@ -334,8 +357,8 @@ static void pump(struct credq *q)
         q->current = t;
         t->state = TICKET_CHECKING;
         q->verdict_ready = false;
-        limiter_check(q->adm->lim, q->cred, t->has_device ? t->device : NULL, t->kind, verdict_cb,
-                      q);
+        limiter_check(q->adm->lim, q->cred, t->has_device ? t->device : NULL, t->kind, t->refresh,
+                      verdict_cb, q);
         if (!q->verdict_ready)
             break; /* the answer comes later, through verdict_cb */
         if (!apply_verdict(q))
@@ -345,13 +368,52 @@ static void pump(struct credq *q)
     credq_maybe_free(q);
 }
 
+/* The read queue of client in q, made on first use. */
+static struct client_queue *client_queue_get(struct credq *q, const char *client)
+{
+    struct client_queue *cq;
+
+    TAILQ_FOREACH(cq, &q->clients, ring)
+    if (strcmp(cq->name, client) == 0)
+        return cq;
+    cq = xcalloc(1, sizeof(*cq));
+    cq->q = q;
+    snprintf(cq->name, sizeof(cq->name), "%s", client);
+    TAILQ_INIT(&cq->tickets);
+    TAILQ_INSERT_TAIL(&q->clients, cq, ring);
+    return cq;
+}
+
+static void arm_deadline(struct admission *adm, struct admit_ticket *t)
+{
+    struct timeval tv = {adm->queue_timeout_ms / 1000, (adm->queue_timeout_ms % 1000) * 1000};
+
+    evtimer_add(t->deadline, &tv);
+}
+
+void admission_promote(struct admission *adm, struct admit_ticket *t, const char *client)
+{
+    struct credq *q = t->q;
+
+    if (!t->refresh || t->state == TICKET_EXPIRED)
+        return;
+    TAILQ_REMOVE(&q->refreshes, t, link);
+    t->refresh = false;
+    t->cq = client_queue_get(q, client);
+    TAILQ_INSERT_TAIL(&t->cq->tickets, t, link);
+    t->not_before_ms = 0; /* a refresh's "not yet" counted its reserve: check again now */
+    arm_deadline(adm, t); /* the waiter's own queue_timeout, from now */
+    pump(q);
+}
+
 void admission_request(struct admission *adm, const struct admit_request *req, admit_fn fn,
-                       void *arg)
+                       void *arg, struct admit_ticket **handle)
 {
     struct credq *q;
-    struct ticket *t;
-    struct timeval tv;
+    struct admit_ticket *t;
 
+    if (handle != NULL)
+        *handle = NULL;
     if (adm->queued >= adm->queue_max) {
         metrics_inc(METRIC_THROTTLE_REJECTED);
         fn(false, 1000, arg);
@@ -367,26 +429,19 @@ void admission_request(struct admission *adm, const struct admit_request *req, a
     t->fn = fn;
     t->arg = arg;
     t->deadline = evtimer_new(adm->base, deadline_cb, t);
-    tv.tv_sec = adm->queue_timeout_ms / 1000;
-    tv.tv_usec = (adm->queue_timeout_ms % 1000) * 1000;
-    evtimer_add(t->deadline, &tv);
+    arm_deadline(adm, t);
     if (req->priority == ADMIT_COMMAND) {
         TAILQ_INSERT_TAIL(&q->commands, t, link);
+    } else if (req->priority == ADMIT_REFRESH) {
+        t->refresh = true;
+        TAILQ_INSERT_TAIL(&q->refreshes, t, link);
     } else {
-        struct client_queue *cq;
-        TAILQ_FOREACH(cq, &q->clients, ring)
-        if (strcmp(cq->name, req->client) == 0)
-            break;
-        if (cq == NULL) {
-            cq = xcalloc(1, sizeof(*cq));
-            cq->q = q;
-            snprintf(cq->name, sizeof(cq->name), "%s", req->client);
-            TAILQ_INIT(&cq->tickets);
-            TAILQ_INSERT_TAIL(&q->clients, cq, ring);
-        }
-        t->cq = cq;
-        TAILQ_INSERT_TAIL(&cq->tickets, t, link);
+        t->cq = client_queue_get(q, req->client);
+        TAILQ_INSERT_TAIL(&t->cq->tickets, t, link);
     }
+    t->handle = handle;
+    if (handle != NULL)
+        *handle = t;
     q->count++;
     adm->queued++;
     metrics_set(METRIC_THROTTLE_QUEUE_DEPTH, adm->queued);
@@ -417,10 +472,14 @@ void admission_free(struct admission *adm)
     for (size_t i = 0; i < TABLE_SIZE; i++) {
         struct credq *q;
         while ((q = adm->table[i]) != NULL) {
-            struct ticket *t;
+            struct admit_ticket *t;
             struct client_queue *cq;
             q->in_pump = true; /* keep q while its tickets are answered */
             while ((t = TAILQ_FIRST(&q->commands)) != NULL) {
+                ticket_unlink(t);
+                ticket_finish(t, false, 1000);
+            }
+            while ((t = TAILQ_FIRST(&q->refreshes)) != NULL) {
                 ticket_unlink(t);
                 ticket_finish(t, false, 1000);
             }

@@ -23,10 +23,12 @@
 struct event_base;
 struct admission;
 
-/* Queue order: commands are admitted before reads. */
+/* Queue order: commands, then reads, then refreshes. */
 enum admit_priority {
     ADMIT_COMMAND, /* writes: commands, events, scene executions */
-    ADMIT_READ,    /* reads that missed the cache */
+    ADMIT_READ,    /* reads that missed the cache: a client waits with nothing */
+    ADMIT_REFRESH, /* background refreshes of stale entries: their client has its answer, and
+                      they may only use budget a read would leave (gcra_for_refresh) */
 };
 
 /* What a request to go upstream is about. */
@@ -49,10 +51,15 @@ void admission_set_limits(struct admission *adm, long queue_timeout_ms, long que
 /* Rejects everything still queued (shutdown), then frees. */
 void admission_free(struct admission *adm);
 
-/* Waits for budget (fn exactly once; possibly before this returns). */
+struct admit_ticket;
+
+/* Waits for budget (fn exactly once; possibly before this returns). While the
+ * request waits, *handle (if not NULL) is its ticket; it is set to NULL when
+ * fn runs. */
 void admission_request(struct admission *adm, const struct admit_request *req, admit_fn fn,
-                       void *arg);
-/* Asks once, never queues: for background refreshes that may simply wait. */
-void admission_try(struct admission *adm, const struct admit_request *req, admit_fn fn, void *arg);
+                       void *arg, struct admit_ticket **handle);
+/* A queued refresh that a client now waits on (it joined the flight) queues
+ * as a read of client from now on, with a fresh deadline. */
+void admission_promote(struct admission *adm, struct admit_ticket *t, const char *client);
 
 #endif

@@ -70,10 +70,11 @@ struct flight {
     char device[160];
     bool has_device;
     bool is_status;
-    bool holds_lock; /* this process won the Redis lock */
-    bool background; /* a refresh: started with no waiter */
-    bool retried;    /* sent again after an OAuth2 refresh */
-    char *token;     /* pass-through token (owned, wiped), or NULL */
+    bool holds_lock;             /* this process won the Redis lock */
+    bool background;             /* a refresh: started with no waiter */
+    struct admit_ticket *ticket; /* while queued for budget */
+    bool retried;                /* sent again after an OAuth2 refresh */
+    char *token;                 /* pass-through token (owned, wiped), or NULL */
     size_t token_len;
     char *token_used; /* what the last send carried (owned, wiped) */
     char client[80];  /* fairness key */
@@ -444,18 +445,18 @@ static void flight_fetch(struct flight *f)
                                 .client = f->client,
                                 .device = f->has_device ? f->device : NULL,
                                 .kind = f->kind,
-                                .priority = ADMIT_READ};
+                                .priority = f->background ? ADMIT_REFRESH : ADMIT_READ};
 
     f->state = FLIGHT_QUEUED;
     if (f->holds_lock)
         schedule_renewal(f);
-    /* A refresh queues like a read, in its client's turn: its client was
-     * already answered (STALE), and refreshes taken first-come would let
-     * one device lose the race for budget again and again. */
+    /* A refresh queues too, behind reads (its client was already answered,
+     * STALE), oldest first: refreshes taken first-come would let one device
+     * lose the race for budget again and again. */
     if (f->fl->admission == NULL)
         admitted(true, 0, f);
     else
-        admission_request(f->fl->admission, &req, admitted, f);
+        admission_request(f->fl->admission, &req, admitted, f, &f->ticket);
 }
 
 /* ---- waiting for another process ---------------------------------------- */
@@ -584,6 +585,13 @@ void flight_join(struct flights *fl, const char *key, const struct flight_spec *
     w->arg = arg;
     if (f != NULL) {
         metrics_inc(METRIC_COALESCED);
+        if (f->background) {
+            /* A refresh nobody waited on now has a waiter: it goes on as a read, ahead of
+             * the other refreshes, or the waiter would get the refresh's 429. */
+            f->background = false;
+            if (f->ticket != NULL)
+                admission_promote(fl->admission, f->ticket, spec->client);
+        }
     } else {
         f = flight_new(fl, key, spec);
         start_soon(f);

@@ -477,7 +477,7 @@ static void send_upstream(struct proxy_request *pr)
         req.device = device;
     }
     pr->state = PREQ_QUEUED;
-    admission_request(pr->fwd->parts.admission, &req, send_admitted, pr);
+    admission_request(pr->fwd->parts.admission, &req, send_admitted, pr, NULL);
 }
 
 /* ---- reads through the cache -------------------------------------------- */

@@ -112,6 +112,16 @@ void gcra_from_budget(const struct budget *b, struct gcra *out)
     out->tolerance_ms = out->interval_ms * (burst - 1);
 }
 
+void gcra_for_refresh(struct gcra *g)
+{
+    int64_t burst = g->interval_ms > 0 ? g->tolerance_ms / g->interval_ms + 1 : 1;
+    int64_t keep = burst / 4 > 1 ? burst / 4 : 1;
+
+    if (keep > burst - 1)
+        keep = burst - 1;
+    g->tolerance_ms -= keep * g->interval_ms;
+}
+
 int64_t gcra_wait(const struct gcra_state *s, const struct gcra *g, int64_t now_ms)
 {
     int64_t tat = s->tat_ms > now_ms ? s->tat_ms : now_ms;
@@ -214,24 +224,30 @@ static struct budget effective_device(struct limiter *lim, bool local)
 }
 
 static void check_local(struct limiter *lim, const char *cred, const char *device,
-                        enum limiter_kind kind, struct limiter_verdict *v)
+                        enum limiter_kind kind, bool refresh, struct limiter_verdict *v)
 {
     char okey[200], dkey[300];
     struct budget ob = effective_overall(lim, cred, true), db = effective_device(lim, true);
-    struct gcra og, dg;
+    struct gcra og, dg, ocheck, dcheck;
     struct bucket *o, *d = NULL;
     int64_t now = janitor_wall_ms(), ow, dw = 0;
 
     bucket_keys(cred, device, kind, okey, dkey, sizeof(okey));
     gcra_from_budget(&ob, &og);
     gcra_from_budget(&db, &dg);
+    ocheck = og;
+    dcheck = dg;
+    if (refresh) {
+        gcra_for_refresh(&ocheck);
+        gcra_for_refresh(&dcheck);
+    }
     o = bucket_get(lim, okey);
     o->last_used_ms = now;
-    ow = gcra_wait(&o->state, &og, now);
+    ow = gcra_wait(&o->state, &ocheck, now);
     if (kind != LIMIT_OVERALL_ONLY) {
         d = bucket_get(lim, dkey);
         d->last_used_ms = now;
-        dw = gcra_wait(&d->state, &dg, now);
+        dw = gcra_wait(&d->state, &dcheck, now);
     }
     memset(v, 0, sizeof(*v));
     if (ow > 0 || dw > 0) {
@@ -254,7 +270,8 @@ struct check {
     char device[160];
     bool has_device;
     enum limiter_kind kind;
-    bool by_sha; /* sent as EVALSHA (a failure retries with EVAL) */
+    bool refresh; /* checked with gcra_for_refresh's tolerance */
+    bool by_sha;  /* sent as EVALSHA (a failure retries with EVAL) */
     limiter_fn fn;
     void *arg;
 };
@@ -273,7 +290,8 @@ static void check_reply(bool ok, const redisReply *reply, void *arg)
         return;
     }
     if (!ok || reply->type != REDIS_REPLY_INTEGER) {
-        check_local(ck->lim, ck->cred, ck->has_device ? ck->device : NULL, ck->kind, &v);
+        check_local(ck->lim, ck->cred, ck->has_device ? ck->device : NULL, ck->kind, ck->refresh,
+                    &v);
     } else {
         memset(&v, 0, sizeof(v));
         v.allowed = reply->integer == 0;
@@ -295,6 +313,12 @@ static void send_check(struct check *ck)
 
     gcra_from_budget(&ob, &og);
     gcra_from_budget(&db, &dg);
+    if (ck->refresh) {
+        /* The script checks against the tolerance it is given and charges one interval
+         * either way: a lower tolerance is all a refresh's reserve needs. */
+        gcra_for_refresh(&og);
+        gcra_for_refresh(&dg);
+    }
     snprintf(okey, sizeof(okey), "stp1:b:o:%s", ck->cred);
     snprintf(dkey, sizeof(dkey), "stp1:b:%c:%s:%s", ck->kind == LIMIT_COMMAND ? 'c' : 's', ck->cred,
              ck->has_device ? ck->device : "-");
@@ -318,14 +342,14 @@ static void send_check(struct check *ck)
 }
 
 void limiter_check(struct limiter *lim, const char *cred, const char *device,
-                   enum limiter_kind kind, limiter_fn fn, void *arg)
+                   enum limiter_kind kind, bool refresh, limiter_fn fn, void *arg)
 {
     struct limiter_verdict v;
     struct check *ck;
 
     if (lim->redis == NULL || cache_redis_state(lim->redis) != REDIS_UP) {
         /* cache_redis logs the outage once; budgets follow it silently. */
-        check_local(lim, cred, device, kind, &v);
+        check_local(lim, cred, device, kind, refresh, &v);
         fn(&v, arg);
         return;
     }
@@ -335,6 +359,7 @@ void limiter_check(struct limiter *lim, const char *cred, const char *device,
     ck->has_device = device != NULL;
     snprintf(ck->device, sizeof(ck->device), "%s", device ? device : "");
     ck->kind = kind;
+    ck->refresh = refresh;
     ck->by_sha = true;
     ck->fn = fn;
     ck->arg = arg;

@@ -47,6 +47,11 @@ void gcra_from_budget(const struct budget *b, struct gcra *out);
 int64_t gcra_admit(struct gcra_state *s, const struct gcra *g, int64_t now_ms);
 /* The wait without charging anything. */
 int64_t gcra_wait(const struct gcra_state *s, const struct gcra *g, int64_t now_ms);
+/* The parameters a background refresh is checked with: a quarter of the
+ * burst (at least one request, none when the burst is one) stays for reads a
+ * client is waiting on, so refreshes of stale entries, which nobody waits for,
+ * cannot drain a bucket a miss then waits a whole interval on. */
+void gcra_for_refresh(struct gcra *g);
 
 /* Parses "N/W" (e.g. "250/60s"). */
 bool budget_parse(const char *text, struct budget *out) __attribute__((warn_unused_result));
@@ -78,7 +83,7 @@ void limiter_set_budgets(struct limiter *lim, const struct budget *overall,
  * Charges the buckets when allowed. fn is called exactly once, possibly
  * before this returns (local buckets). */
 void limiter_check(struct limiter *lim, const char *cred, const char *device,
-                   enum limiter_kind kind, limiter_fn fn, void *arg);
+                   enum limiter_kind kind, bool refresh, limiter_fn fn, void *arg);
 
 /*
  * Learns from an upstream answer: a 429 (its "retry in N millis" body or

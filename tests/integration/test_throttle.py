@@ -291,6 +291,42 @@ def test_command_is_admitted_ahead_of_queued_reads(start_mock, start_proxy):
         f"before it; commands go first (one read may already be on its way upstream)"
 
 
+def test_stale_refreshes_leave_budget_for_reads_a_client_waits_on(start_mock, start_proxy):
+    """Pollers keep every status entry stale, so refreshes would spend each device's budget as
+    it comes; a command then invalidates a device and the next read must go upstream. With a
+    queue deadline shorter than the device budget's interval, that read gets budget only if
+    the refreshes left some: they may use all but a reserve (a quarter of the burst, at least
+    one request). The bench's integration mix found reads 429'd this way."""
+    mock = start_mock(devices=4)
+    devices = mock.device_ids(TOKEN)
+    # 8/4s: a burst of 2, then one request per 680 ms; reads may wait 300 ms at most.
+    proxy = start_proxy(mock.origin, env={**budgets("1000/2s", "8/4s",
+                                                    STPROXY_QUEUE_TIMEOUT="300ms"),
+                                          **cache_env(DEVICE_STATUS="100ms,60s")})
+    paths = [f"/devices/{d}/status" for d in devices]
+    for path in paths:
+        assert proxy.request("GET", path, token=TOKEN).status == 200
+    pollers = [Client(proxy, TOKEN, paths) for _ in range(3)]
+    start_all(pollers)
+    reads_after_commands = []
+    try:
+        for round_ in range(4):
+            time.sleep(1.0)  # stale polling: refreshes compete for every device's budget
+            for device, path in zip(devices, paths):
+                assert proxy.request("POST", f"/devices/{device}/commands", body=COMMAND_ON,
+                                     headers=JSON, token=TOKEN).status == 200
+                reads_after_commands.append(proxy.request("GET", path, token=TOKEN))
+    finally:
+        stop_all(pollers)
+    statuses = collections.Counter(r.status for r in reads_after_commands)
+    assert statuses == {200: 16}, \
+        f"reads after a command (nothing cached, a client waiting): {dict(statuses)}"
+    assert proxy.metric("stproxy_throttle_stale_total") > 0, \
+        "refreshes were held back at some point, or the test proves nothing"
+    polled = status_counts(all_results(pollers))
+    assert polled.get(429, 0) == 0, f"the pollers saw the proxy's 429s: {polled}"
+
+
 # ---- 3. learning from the upstream ------------------------------------------------------------
 
 def test_a_lowered_upstream_limit_is_adopted_within_one_window(start_mock, start_proxy):

@@ -34,6 +34,24 @@ static long worst_window(const struct budget *b, int windows, long *total)
     return worst;
 }
 
+/* How many requests checked with (refresh ? gcra_for_refresh : plain) parameters of b pass at
+ * once on a fresh bucket, and how many plain reads pass right after them. */
+static void refresh_then_reads(long count, long window_ms, long *refreshes, long *reads)
+{
+    struct budget b = {count, window_ms};
+    struct gcra g, r;
+    struct gcra_state s = {0, 0};
+
+    gcra_from_budget(&b, &g);
+    r = g;
+    gcra_for_refresh(&r);
+    *refreshes = *reads = 0;
+    while (gcra_wait(&s, &r, 1000) == 0 && gcra_admit(&s, &g, 1000) == 0)
+        (*refreshes)++;
+    while (gcra_admit(&s, &g, 1000) == 0)
+        (*reads)++;
+}
+
 int main(void)
 {
     struct budget b;
@@ -51,6 +69,19 @@ int main(void)
     tap_ok(!budget_parse("10", &b), "no window refused");
     tap_ok(!budget_parse("10/50ms", &b), "a window under 100 ms refused");
     tap_ok(!budget_parse("x/60s", &b), "not a number refused");
+
+    /* refreshes leave a reserve for reads a client waits on */
+    {
+        long refreshes, reads;
+        refresh_then_reads(12, 60000, &refreshes, &reads);
+        tap_ok(refreshes == 2 && reads == 1,
+               "12/60s: refreshes take 2 of the burst of 3, a read the last");
+        refresh_then_reads(250, 60000, &refreshes, &reads);
+        tap_ok(refreshes == 47 && reads == 15,
+               "250/60s: a quarter of the burst of 62 kept for reads");
+        refresh_then_reads(3, 60000, &refreshes, &reads);
+        tap_ok(refreshes == 1 && reads == 0, "a burst of one is not held back from refreshes");
+    }
 
     /* derived parameters: burst N/4, the rest spread over the window */
     b.count = 12;
