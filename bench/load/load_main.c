@@ -9,7 +9,7 @@
  *           identical concurrent misses cost (coalescing)
  *   idle    N connections that each send one request and then stay open, idle, for -d seconds:
  *           the proxy's memory with many idle clients
- *   fill    reads the device list, then each device's status once, -c at a time: a cache with
+ *   fill    reads the device list page by page, then each device's status once, -c at a time: a cache with
  *           one entry per device
  */
 #include "load.h"
@@ -26,6 +26,7 @@
 #include <jsmn.h>
 
 #define MAIN_MAX_DEVICES 100000
+#define MAIN_PAGE_SIZE   200 /* devices per page of the list, as integrations ask */
 
 /* The modes, in the order of the usage text. */
 enum main_mode { MODE_CLOSED, MODE_ONCE, MODE_IDLE, MODE_FILL, MODE_MIX };
@@ -64,7 +65,7 @@ static void usage(FILE *out)
             "modes (default: a closed loop on URL):\n"
             "  --once              one request on each of -c connections at the same moment\n"
             "  --idle              one request on each of -c connections, then idle for -d s\n"
-            "  --fill              GET URL/devices, then each device's status once\n"
+            "  --fill              reads URL/devices page by page, then each device's status once\n"
             "  --mix               the integration mix against the API under URL:\n"
             "    --integrations N (20)  --devices N (50)  --interval MIN-MAX (5-30 s)\n"
             "    --health-every K (4)  --command-every SECONDS (60)  --conns N (4 per\n"
@@ -128,24 +129,39 @@ static int parse_device_ids(const char *body, char ***ids)
     return n;
 }
 
+/* The ids of every device under target, read the way integrations read them: page by page
+ * (one answer holding ten thousand devices would be ten megabytes). */
 static int discover_devices(struct event_base *base, const struct load_target *target, char ***ids)
 {
-    char path[600], *body = NULL;
-    int status, n;
+    int n = 0;
 
-    snprintf(path, sizeof(path), "%s/devices?max=%d", target->prefix, MAIN_MAX_DEVICES);
-    status = fetch(base, target, path, &body);
-    if (status != 200) {
-        fprintf(stderr, "stbench: GET %s answered %d%s\n", path, status,
-                status == 0 ? " (no answer)" : "");
+    *ids = NULL;
+    for (int page = 0; n < MAIN_MAX_DEVICES; page++) {
+        char path[600], *body = NULL, **got;
+        int status, k;
+
+        snprintf(path, sizeof(path), "%s/devices?max=%d&page=%d", target->prefix, MAIN_PAGE_SIZE,
+                 page);
+        status = fetch(base, target, path, &body);
+        if (status != 200) {
+            fprintf(stderr, "stbench: GET %s answered %d%s\n", path, status,
+                    status == 0 ? " (no answer)" : "");
+            free(body);
+            break;
+        }
+        k = parse_device_ids(body, &got);
         free(body);
-        return -1;
+        if (k > 0 && (*ids = realloc(*ids, (size_t)(n + k) * sizeof(**ids))) == NULL)
+            abort();
+        for (int i = 0; i < k; i++)
+            (*ids)[n++] = got[i];
+        free(got);
+        if (k < MAIN_PAGE_SIZE)
+            break;
     }
-    n = parse_device_ids(body, ids);
-    free(body);
     if (n == 0)
-        fprintf(stderr, "stbench: GET %s listed no devices\n", path);
-    return n;
+        fprintf(stderr, "stbench: %s/devices listed no devices\n", target->prefix);
+    return n > 0 ? n : -1;
 }
 
 /* ---- the mock's counters ----------------------------------------------------------------- */
