@@ -36,6 +36,7 @@
 #include <netinet/tcp.h>
 
 #include "config.h"
+#include "httpline.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -433,12 +434,6 @@ static long next_line(struct server_conn *c, struct evbuffer *in)
     return (long)n;
 }
 
-static bool is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 /* Parses "METHOD SP target SP HTTP/1.x". */
 static bool parse_request_line(struct server_conn *c, char *line, int *status, const char **why)
 {
@@ -453,7 +448,7 @@ static bool parse_request_line(struct server_conn *c, char *line, int *status, c
     }
     *sp1 = *sp2 = '\0';
     for (const char *p = line; *p != '\0'; p++) {
-        if (!is_tchar((unsigned char)*p)) {
+        if (!httpline_is_tchar((unsigned char)*p)) {
             *why = "The request method is not a token";
             return false;
         }
@@ -497,36 +492,11 @@ static bool parse_request_line(struct server_conn *c, char *line, int *status, c
  * appear in a shape that only one reading allows. */
 static bool parse_header(struct server_request *req, char *line, int *status, const char **why)
 {
-    char *colon = strchr(line, ':'), *value, *end;
+    char *value;
 
     *status = 400;
-    if (line[0] == ' ' || line[0] == '\t') {
-        *why = "Folded header lines are not accepted";
+    if (!httpline_split(line, &value, why))
         return false;
-    }
-    if (colon == NULL || colon == line) {
-        *why = "A header line has no name";
-        return false;
-    }
-    *colon = '\0';
-    for (const char *p = line; *p != '\0'; p++) {
-        if (!is_tchar((unsigned char)*p)) {
-            *why = "A header name is not a token";
-            return false;
-        }
-    }
-    value = colon + 1;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    end = value + strlen(value);
-    while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
-        *--end = '\0';
-    for (const unsigned char *p = (const unsigned char *)value; *p != '\0'; p++) {
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f) {
-            *why = "A header value has control characters";
-            return false;
-        }
-    }
     if (strcasecmp(line, "Content-Length") == 0) {
         char *digits_end;
         long long n;

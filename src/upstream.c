@@ -31,6 +31,7 @@
 #include <event2/util.h>
 #include <openssl/err.h>
 
+#include "httpline.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -476,21 +477,11 @@ static bool parse_status_line(struct uconn *conn, const char *line)
 
 static bool parse_header_line(struct uconn *conn, char *line)
 {
-    char *colon = strchr(line, ':');
-    char *value, *end;
+    const char *why;
+    char *value;
 
-    if (colon == NULL || colon == line || line[0] == ' ' || line[0] == '\t')
-        return false; /* no name, or obsolete line folding */
-    for (char *p = line; p < colon; p++)
-        if (*p <= ' ' || *p >= 0x7f)
-            return false;
-    *colon = '\0';
-    value = colon + 1;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    end = value + strlen(value);
-    while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
-        *--end = '\0';
+    if (!httpline_split(line, &value, &why))
+        return false;
     return evhttp_add_header(&conn->ex->resp.headers, line, value) == 0;
 }
 
