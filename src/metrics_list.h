@@ -38,6 +38,8 @@
       "Client connections accepted")                                                               \
     X(CLIENT_LIMITED, COUNTER, "stproxy_client_connection_limit_reached_total",                    \
       "Times max_connections was reached and accepting paused until a connection closed")          \
+    X(CLIENT_IDLE_CLOSED, COUNTER, "stproxy_client_idle_closed_total",                             \
+      "Idle keep-alive connections closed at max_connections to make room for a new client")       \
     X(CLIENT_OPEN, GAUGE, "stproxy_client_connections", "Client connections open now")             \
     X(AUTH_REJECTED, COUNTER, "stproxy_auth_rejected_total",                                       \
       "Requests refused with 401: missing or unknown client key")                                  \

@@ -79,6 +79,12 @@ struct server_conn {
     bool untimed;               /* the read timeout is off while the handler waits */
     bool throttled;             /* reading stopped: too many pipelined bytes wait */
     struct server_conn *prev, *next;
+    /* Idle: kept alive between requests with no byte of the next one yet. Idle connections
+     * are listed oldest first, so the limit can close the one idle longest. */
+    bool idle;
+    struct server_conn *idle_prev, *idle_next;
+    /* A request must arrive whole within the timeout of its first byte (slowloris). */
+    struct event *arrival;
 };
 
 struct server_request {
@@ -104,8 +110,10 @@ struct server {
     bool paused;               /* accepting paused at max_connections */
     bool stopped;              /* no longer accepting (draining) */
     struct server_conn *conns; /* every open connection */
-    time_t last_pause_log;     /* pauses are logged at most every 10 s */
-    char *line;                /* max_header_size + 1 bytes: the line being parsed */
+    struct server_conn *idle_first, *idle_last;
+    time_t last_pause_log; /* pauses are logged at most every 10 s */
+    time_t last_evict_log; /* so are idle connections closed for new ones */
+    char *line;            /* max_header_size + 1 bytes: the line being parsed */
     char address[80];
 };
 
@@ -160,9 +168,76 @@ static struct server_request *request_new(struct server_conn *c)
     return req;
 }
 
+/* ---- the connection limit ------------------------------------------------------------- */
+
+static void idle_remove(struct server_conn *c)
+{
+    struct server *srv = c->srv;
+
+    if (!c->idle)
+        return;
+    if (c->idle_prev != NULL)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        srv->idle_first = c->idle_next;
+    if (c->idle_next != NULL)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        srv->idle_last = c->idle_prev;
+    c->idle = false;
+    c->idle_prev = c->idle_next = NULL;
+}
+
+static void idle_add(struct server_conn *c)
+{
+    struct server *srv = c->srv;
+
+    if (c->idle)
+        return;
+    c->idle = true;
+    c->idle_prev = srv->idle_last;
+    c->idle_next = NULL;
+    if (srv->idle_last != NULL)
+        srv->idle_last->idle_next = c;
+    else
+        srv->idle_first = c;
+    srv->idle_last = c;
+}
+
+/* At max_connections the listener keeps accepting while some connection is idle (a new client
+ * then takes the place of the one idle longest); with none idle it pauses, and further clients
+ * wait in the kernel's accept queue instead of costing us memory. */
+static void limit_update(struct server *srv)
+{
+    bool full = srv->open >= srv->limits.max_connections && srv->idle_first == NULL;
+
+    if (srv->stopped)
+        return;
+    if (full && !srv->paused) {
+        time_t now = time(NULL);
+
+        evconnlistener_disable(srv->listener);
+        srv->paused = true;
+        if (srv->limits.count_metrics)
+            metrics_inc(METRIC_CLIENT_LIMITED);
+        if (now - srv->last_pause_log >= 10) {
+            log_warn("%s: %d connections open (max_connections), none idle: new ones wait "
+                     "until one closes or falls idle",
+                     srv->name, srv->open);
+            srv->last_pause_log = now;
+        }
+    } else if (!full && srv->paused) {
+        evconnlistener_enable(srv->listener);
+        srv->paused = false;
+    }
+}
+
 static void conn_free(struct server_conn *c)
 {
     struct server *srv = c->srv;
+
+    idle_remove(c);
+    event_free(c->arrival);
 
     if (c->req != NULL) {
         if (c->state == CONN_HANDLING)
@@ -180,10 +255,19 @@ static void conn_free(struct server_conn *c)
     free(c);
     srv->open--;
     update_gauge(srv);
-    if (srv->paused && !srv->stopped && srv->open < srv->limits.max_connections) {
-        evconnlistener_enable(srv->listener);
-        srv->paused = false;
-    }
+    limit_update(srv);
+}
+
+static void arrival_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server_conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    /* Bytes kept coming, but too slowly for the request to be whole in time. */
+    log_info("%s: closed a connection whose request did not arrive within client_timeout",
+             c->srv->name);
+    conn_free(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -214,19 +298,37 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         bufferevent_enable(bev, EV_READ);
         c->throttled = false;
     }
-    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
         conn_read_cb(bev, c); /* a pipelined request */
+    } else {
+        idle_add(c);
+        limit_update(c->srv);
+    }
 }
 
 static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
     struct server *srv = arg;
-    struct server_conn *c = xcalloc(1, sizeof(*c));
+    struct server_conn *c;
 
     (void)listener;
     (void)sa;
     (void)salen;
+    if (srv->open >= srv->limits.max_connections && srv->idle_first != NULL) {
+        time_t now = time(NULL);
+
+        if (srv->limits.count_metrics)
+            metrics_inc(METRIC_CLIENT_IDLE_CLOSED);
+        if (now - srv->last_evict_log >= 10) {
+            log_info("%s: max_connections reached: closing the connection idle longest for a "
+                     "new client",
+                     srv->name);
+            srv->last_evict_log = now;
+        }
+        conn_free(srv->idle_first);
+    }
+    c = xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
@@ -242,27 +344,15 @@ static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd, struc
     /* A device list is tens of kilobytes: one write instead of libevent's 16 KiB slices. */
     bufferevent_set_max_single_write(c->bev, SERVER_MAX_SINGLE_WRITE);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    c->arrival = evtimer_new(srv->base, arrival_cb, c);
     set_timeouts(c, true);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     srv->open++;
     if (srv->limits.count_metrics)
         metrics_inc(METRIC_CLIENT_ACCEPTED);
     update_gauge(srv);
-    if (srv->open >= srv->limits.max_connections && !srv->paused && !srv->stopped) {
-        time_t now = time(NULL);
-
-        /* Further clients wait in the kernel's accept queue instead of costing us memory. */
-        evconnlistener_disable(srv->listener);
-        srv->paused = true;
-        if (srv->limits.count_metrics)
-            metrics_inc(METRIC_CLIENT_LIMITED);
-        if (now - srv->last_pause_log >= 10) {
-            log_warn("%s: %d connections open (max_connections): new ones wait until one "
-                     "closes",
-                     srv->name, srv->open);
-            srv->last_pause_log = now;
-        }
-    }
+    /* A new client is not idle: it is about to send its first request. */
+    limit_update(srv);
 }
 
 /* ---- answers ------------------------------------------------------------------------------ */
@@ -653,6 +743,7 @@ static void dispatch(struct server_conn *c)
     struct server *srv = c->srv;
 
     c->state = CONN_HANDLING;
+    evtimer_del(c->arrival);
     srv->handler(c->req, srv->handler_arg);
     if (c->state == CONN_HANDLING) {
         /* Not answered at once: the upstream may take longer than the client timeout. EOF
@@ -744,8 +835,14 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         if (c->state == CONN_READING_HEAD) {
             if (c->req == NULL && evbuffer_get_length(in) == 0)
                 return;
-            if (c->req == NULL)
+            if (c->req == NULL) {
+                struct timeval tv = {c->srv->limits.timeout_ms / 1000,
+                                     (c->srv->limits.timeout_ms % 1000) * 1000};
+
                 c->req = request_new(c);
+                idle_remove(c);
+                evtimer_add(c->arrival, &tv);
+            }
             done = read_head(c, in, &status, &why);
             if (done < 0)
                 goto refuse;

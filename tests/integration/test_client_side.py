@@ -91,8 +91,12 @@ def test_idle_client_connection_closed(mock, start_proxy):
 
 
 def test_connection_limit(mock, start_proxy):
+    """At max_connections with no connection idle (each is in the middle of a request), a
+    new client waits in the accept queue until one closes."""
     proxy = start_proxy(mock.origin, env={"STPROXY_MAX_CONNECTIONS": "2"})
     held = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(2)]
+    for s in held:
+        s.sendall(b"GET /locations HTTP/1.1\r\n")  # a request under way: not idle
     time.sleep(0.3)
     assert proxy.metric("stproxy_client_connections") == 2
     result = {}
@@ -103,12 +107,64 @@ def test_connection_limit(mock, start_proxy):
     t = threading.Thread(target=third)
     t.start()
     time.sleep(0.5)
-    assert "status" not in result, "a third connection waits while two are open"
+    assert "status" not in result, "a third connection waits while two are busy"
     assert proxy.metric("stproxy_client_connection_limit_reached_total") >= 1
     held[0].close()
     t.join(timeout=8)
     assert result.get("status") == 200, "served once a connection closed"
     held[1].close()
+
+
+def test_at_the_limit_the_connection_idle_longest_makes_room(mock, start_proxy):
+    """Thousands of idle keep-alive clients cannot lock others out: at max_connections a new
+    client takes the place of the connection idle longest."""
+    proxy = start_proxy(mock.origin, env={"STPROXY_MAX_CONNECTIONS": "3"})
+    idle = []
+    for _ in range(3):
+        conn = proxy.connection()
+        conn.request("GET", "/locations", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert conn.getresponse().read()
+        idle.append(conn)
+        time.sleep(0.05)  # an order of idleness
+    resp = proxy.request("GET", "/locations", token=TOKEN, timeout=5)
+    assert resp.status == 200, "the fourth client is served at once"
+    assert proxy.metric("stproxy_client_idle_closed_total") == 1
+    oldest = idle[0].sock
+    oldest.settimeout(2)
+    assert oldest.recv(100) == b"", "the connection idle longest was closed"
+    idle[2].request("GET", "/locations", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert idle[2].getresponse().status == 200, "the others still work"
+    for conn in idle:
+        conn.close()
+
+
+def test_slowloris_is_closed_when_its_request_is_not_whole_in_time(mock, start_proxy):
+    """A client trickling its head a byte at a time never trips the idle timeout; the request
+    must be whole within client_timeout of its first byte."""
+    proxy = start_proxy(mock.origin, env={"STPROXY_CLIENT_TIMEOUT": "1s"})
+    head = f"GET /locations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n" \
+           f"X-Slow: {'a' * 200}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        started = time.monotonic()
+        closed = False
+        for byte in head:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.02)
+            if time.monotonic() - started > 3:
+                break
+        s.settimeout(2)
+        try:
+            closed = closed or s.recv(100) == b""
+        except OSError:
+            closed = True
+    assert closed, "the trickling client was closed"
+    assert time.monotonic() - started < 3.5
+    assert "did not arrive within client_timeout" in proxy.output()
+    assert proxy.request("GET", "/locations", token=TOKEN).status == 200, "still serving"
 
 
 def test_access_log_line(mock, start_proxy):
