@@ -206,12 +206,15 @@ bool mock_command_run(struct mock_device *d, const char *body, size_t len, struc
 
 /* How the API fails the requests that fail_path selects (POST /config?fail_mode=...). */
 enum mock_fail_mode {
-    MOCK_FAIL_NONE,    /* answer normally */
-    MOCK_FAIL_STATUS,  /* answer fail_status with a SmartThings error body */
-    MOCK_FAIL_RESET,   /* close the TCP/TLS connection without answering (RST) */
-    MOCK_FAIL_HANG,    /* never answer: hold the request until its client leaves or fail_mode is
+    MOCK_FAIL_NONE,     /* answer normally */
+    MOCK_FAIL_STATUS,   /* answer fail_status with a SmartThings error body */
+    MOCK_FAIL_RESET,    /* close the TCP/TLS connection without answering (RST) */
+    MOCK_FAIL_HANG,     /* never answer: hold the request until its client leaves or fail_mode is
                           set again, which answers it 503 */
-    MOCK_FAIL_GARBAGE, /* answer bytes that are not HTTP, then close */
+    MOCK_FAIL_GARBAGE,  /* answer bytes that are not HTTP, then close */
+    MOCK_FAIL_TRUNCATE, /* a 200 head promising 1000 bytes, 11 of them, then close (mid-body) */
+    MOCK_FAIL_HUGE,     /* a 200 head promising 100 MB, 64 KiB of it, then close */
+    MOCK_FAIL_NONJSON,  /* a whole 200 answer labelled JSON whose body is HTML, then close */
 };
 
 #define MOCK_FAIL_STATUS_DEFAULT 503

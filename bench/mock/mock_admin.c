@@ -97,7 +97,8 @@ static const struct admin_config_key admin_config_keys[] = {
     {"latency_ms", CONFIG_LONG, ADMIN_CFG(latency_ms), 0, 3600 * 1000, NULL,
      "milliseconds added before every API answer (failures included)"},
     {"fail_mode", CONFIG_ENUM, ADMIN_CFG(fail_mode), 0, 0, mock_fail_mode_names,
-     "none|status|reset|hang|garbage: how API requests fail; setting it releases held requests "
+     "none|status|reset|hang|garbage|truncate|huge|nonjson: how API requests fail; setting it "
+     "releases held requests "
      "with 503, none also resets the other fail_ keys"},
     {"fail_status", CONFIG_LONG, ADMIN_CFG(fail_status), 100, 599, NULL,
      "the status fail_mode=status answers, with an API error body (default 503)"},

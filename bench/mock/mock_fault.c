@@ -26,7 +26,21 @@
 /* What is sent in garbage mode: no status line, so no HTTP client can take it for an answer. */
 #define FAULT_GARBAGE_BYTES "NOT HTTP\r\n\r\n"
 
-const char *const mock_fail_mode_names[] = {"none", "status", "reset", "hang", "garbage", NULL};
+const char *const mock_fail_mode_names[] = {"none",     "status", "reset",   "hang", "garbage",
+                                            "truncate", "huge",   "nonjson", NULL};
+
+/* The head of truncate, huge and nonjson: each a 200 that cannot be kept as it is. */
+#define FAULT_TRUNCATE_BYTES                                                                       \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"            \
+    "{\"items\":[{"
+#define FAULT_HUGE_HEAD                                                                            \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+#define FAULT_HUGE_SENT (64 * 1024)
+#define FAULT_NONJSON_BODY                                                                         \
+    "<html><body>\"_links\": {\"next\": {\"href\": \"https://localhost/x\"}} oops</body></html>"
+#define FAULT_NONJSON_BYTES                                                                        \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"                   \
+    "Content-Length: 82\r\n\r\n" FAULT_NONJSON_BODY
 
 /* Where a faulted request or connection is in its life. */
 enum fault_state {
@@ -167,7 +181,26 @@ static void fault_close(struct evhttp_request *req, unsigned long long id, enum 
     /* From here on evhttp's callbacks never run for this connection: ours decide when it goes.
      * Reading stays on (without a read callback) so that a client that leaves is noticed. */
     bufferevent_setcb(bev, NULL, fault_garbage_written, fault_conn_event, fc);
-    bufferevent_write(bev, FAULT_GARBAGE_BYTES, strlen(FAULT_GARBAGE_BYTES));
+    switch (mode) {
+    case MOCK_FAIL_TRUNCATE:
+        bufferevent_write(bev, FAULT_TRUNCATE_BYTES, strlen(FAULT_TRUNCATE_BYTES));
+        break;
+    case MOCK_FAIL_HUGE: {
+        char *filler = mock_xmalloc(FAULT_HUGE_SENT);
+
+        memset(filler, ' ', FAULT_HUGE_SENT);
+        bufferevent_write(bev, FAULT_HUGE_HEAD, strlen(FAULT_HUGE_HEAD));
+        bufferevent_write(bev, filler, FAULT_HUGE_SENT);
+        free(filler);
+        break;
+    }
+    case MOCK_FAIL_NONJSON:
+        bufferevent_write(bev, FAULT_NONJSON_BYTES, strlen(FAULT_NONJSON_BYTES));
+        break;
+    default:
+        bufferevent_write(bev, FAULT_GARBAGE_BYTES, strlen(FAULT_GARBAGE_BYTES));
+        break;
+    }
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
@@ -324,6 +357,9 @@ void mock_fault_apply(struct evhttp_request *req, unsigned long long id, struct 
         return;
     case MOCK_FAIL_RESET:
     case MOCK_FAIL_GARBAGE:
+    case MOCK_FAIL_TRUNCATE:
+    case MOCK_FAIL_HUGE:
+    case MOCK_FAIL_NONJSON:
         mock_admin_note_outcome(mock_fail_mode_names[f.mode]);
         fault_close(req, id, f.mode);
         return;

@@ -193,7 +193,8 @@ class Mock(Process):
         return self.admin("GET", "/config")[1]
 
     def fail(self, mode, status=None, count=None, path=None):
-        """Injects a fault: mode is none|status|reset|hang|garbage; status is the
+        """Injects a fault: mode is none|status|reset|hang|garbage|truncate|huge|
+        nonjson (README.md, the mock); status is the
         answer of mode "status" (default 503); count limits the fault to the next
         N requests (then the mock goes back to none by itself); path limits it to
         paths starting with that prefix. Every key is sent, so nothing is left

@@ -1,5 +1,8 @@
-"""TLS verification that cannot be switched off, and upstream timeouts."""
+"""TLS verification that cannot be switched off, upstream timeouts, and an upstream that
+answers broken things."""
 import time
+
+import pytest
 
 
 def test_untrusted_certificate_gives_502(mock, start_proxy, pki):
@@ -77,3 +80,33 @@ def test_connection_refused_gives_502(start_proxy):
     resp = proxy.request("GET", "/devices", token="tok")
     assert resp.status == 502
     assert "cannot connect" in resp.json()["error"]["message"]
+
+
+# ---- a broken upstream's answers (issue 8) ---------------------------------------------------
+
+@pytest.mark.parametrize("mode,status", [("reset", 502), ("garbage", 502), ("truncate", 502),
+                                         ("huge", 502)])
+def test_broken_answers_give_502_and_are_never_cached(mode, status, mock, start_proxy):
+    """A reset, a garbage status line, a body cut off mid-way and a body over
+    upstream_max_body_size: a clear 502 in the API's shape, nothing cached, and the next
+    request (the upstream healthy again) is a fresh MISS. The 100 MB body is refused from its
+    Content-Length, so memory stays bounded."""
+    proxy = start_proxy(mock.origin, env={"STPROXY_UPSTREAM_MAX_BODY_SIZE": "1m"})
+    mock.fail(mode, count=1)
+    resp = proxy.request("GET", "/locations", token="tok")
+    assert resp.status == status, (mode, resp.status, resp.body[:200])
+    assert resp.json()["error"]["code"] == "BadGatewayError"
+    again = proxy.request("GET", "/locations", token="tok")
+    assert again.status == 200 and again.cache == "MISS", "the failure was not cached"
+    assert proxy.metric("stproxy_upstream_errors_total") == 1
+    assert proxy.metric("stproxy_cache_stores_total") == 1, "only the good answer was kept"
+
+
+def test_non_json_labelled_json_passes_through_unchanged(mock, start_proxy):
+    """The rewriter meets HTML that mentions _links and an href: it leaves the body alone."""
+    proxy = start_proxy(mock.origin)
+    mock.fail("nonjson", count=1)
+    resp = proxy.request("GET", "/devices", token="tok")
+    assert resp.status == 200
+    assert resp.body.startswith(b"<html>") and b"https://localhost/x" in resp.body
+    assert proxy.request("GET", "/locations", token="tok").status == 200, "still serving"
