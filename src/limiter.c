@@ -382,7 +382,11 @@ int64_t limiter_parse_retry_body(const char *body, size_t len)
         p = hit + sizeof(needle) - 1;
         if (p >= end || !isdigit((unsigned char)*p))
             continue;
-        v = strtoll(p, &stop, 10);
+        /* The body is not NUL-terminated: the digits are read within it (the fuzzer found
+         * strtoll reading past the end of "... retry in 0"). */
+        v = 0;
+        for (stop = (char *)p; stop < end && isdigit((unsigned char)*stop); stop++)
+            v = v < 1000000000000LL ? v * 10 + (*stop - '0') : v;
         if (stop + 6 <= end && strncmp(stop, " milli", 6) == 0)
             return v;
         if (stop + 4 <= end && strncmp(stop, " sec", 4) == 0)

@@ -210,6 +210,26 @@ static char *json_string(const char *js, const jsmntok_t *t)
     return out;
 }
 
+/* Puts value in *slot, wiping and freeing what was there. */
+static void replace_string(char **slot, char *value)
+{
+    if (*slot != NULL) {
+        OPENSSL_cleanse(*slot, strlen(*slot));
+        free(*slot);
+    }
+    *slot = value;
+}
+
+/* The decimal number in [p, end) (the body is not NUL-terminated); 0 when there is none. */
+static long bounded_long(const char *p, const char *end)
+{
+    long v = 0;
+
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        v = v < 100000000L ? v * 10 + (*p - '0') : v;
+    return v;
+}
+
 bool oauth_parse_answer(const char *body, size_t len, struct oauth_answer *out)
 {
     jsmn_parser p;
@@ -229,16 +249,17 @@ bool oauth_parse_answer(const char *body, size_t len, struct oauth_answer *out)
             continue;
         }
 #define KEY_IS(s) (klen == sizeof(s) - 1 && memcmp(key, s, klen) == 0)
+        /* A key given twice keeps its last value (the fuzzer found the first one leaked). */
         if (v->type == JSMN_STRING && KEY_IS("access_token"))
-            out->access_token = json_string(body, v);
+            replace_string(&out->access_token, json_string(body, v));
         else if (v->type == JSMN_STRING && KEY_IS("refresh_token"))
-            out->refresh_token = json_string(body, v);
+            replace_string(&out->refresh_token, json_string(body, v));
         else if (v->type == JSMN_STRING && KEY_IS("error"))
-            out->error = json_string(body, v);
+            replace_string(&out->error, json_string(body, v));
         else if (v->type == JSMN_STRING && KEY_IS("error_description"))
-            out->error_description = json_string(body, v);
+            replace_string(&out->error_description, json_string(body, v));
         else if (v->type == JSMN_PRIMITIVE && KEY_IS("expires_in"))
-            out->expires_in = strtol(body + v->start, NULL, 10);
+            out->expires_in = bounded_long(body + v->start, body + v->end);
 #undef KEY_IS
         /* skip the value (answers are flat: values are scalars) */
         i++;

@@ -4,7 +4,7 @@
 top_srcdir=${top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
 command -v clang-format >/dev/null 2>&1 || { echo "clang-format not installed: skipped"; exit 77; }
 cd "$top_srcdir" || exit 99
-files=$(ls src/*.c src/*.h bench/load/*.c bench/load/*.h bench/mock/*.c bench/mock/*.h tests/unit/*.c tests/unit/*.h 2>/dev/null)
+files=$(ls src/*.c src/*.h tests/fuzz/*.c bench/load/*.c bench/load/*.h bench/mock/*.c bench/mock/*.h tests/unit/*.c tests/unit/*.h 2>/dev/null)
 out=$(clang-format --dry-run $files 2>&1)
 if [ -n "$out" ]; then
     echo "$out" | head -40
