@@ -609,8 +609,13 @@ void forward_handle(struct server_request *req, void *arg)
     if (rs != ROUTE_OK) {
         metrics_inc(METRIC_TARGET_REFUSED);
         log_warn("refused target (%s) from a %s request", route_status_reason(rs), pr->method);
-        preq_fail(pr, rs == ROUTE_FOREIGN_HOST ? 403 : 400,
-                  rs == ROUTE_FOREIGN_HOST ? "ForbiddenError" : "BadRequestError",
+        preq_fail(pr,
+                  rs == ROUTE_FOREIGN_HOST ? 403
+                  : rs == ROUTE_NOT_API    ? 404
+                                           : 400,
+                  rs == ROUTE_FOREIGN_HOST ? "ForbiddenError"
+                  : rs == ROUTE_NOT_API    ? "NotFoundError"
+                                           : "BadRequestError",
                   route_status_reason(rs));
         return;
     }

@@ -36,6 +36,8 @@ const char *route_status_reason(enum route_status status)
         return "The request target is not a plain API path";
     case ROUTE_FOREIGN_HOST:
         return "This proxy forwards only to its configured API origin";
+    case ROUTE_NOT_API:
+        return "This path is not part of the SmartThings API";
     }
     return "refused";
 }
@@ -327,6 +329,27 @@ static enum route_class classify(struct route *r)
     return ROUTE_OTHER;
 }
 
+/* The API's resource roots: the first path segment (after /v1) of every endpoint the official
+ * SDK and the CLI call. Anything else is not the API, and is not forwarded. */
+static const char *const api_roots[] = {
+    "apps",           "capabilities",  "catalogs",      "channels",       "devicepreferences",
+    "deviceprofiles", "devices",       "distchannels",  "drivers",        "history",
+    "hubdevices",     "installedapps", "invites",       "locations",      "notification",
+    "organizations",  "presentation",  "rules",         "scenes",         "schedules",
+    "schema",         "services",      "subscriptions", "virtualdevices",
+};
+
+static bool is_api_path(const char *path)
+{
+    const char *seg = path + (strncmp(path, "/v1/", 4) == 0 ? 4 : 1);
+    size_t len = strcspn(seg, "/");
+
+    for (size_t i = 0; i < sizeof(api_roots) / sizeof(api_roots[0]); i++)
+        if (seg_is(seg, len, api_roots[i]))
+            return true;
+    return false;
+}
+
 /* Compares an absolute-form authority with the proxy's own, ignoring case. */
 static bool same_host(const struct evhttp_uri *uri, const char *self)
 {
@@ -391,5 +414,10 @@ enum route_status route_parse(const char *target, const char *self, struct route
     out->path = xstrndup(target, path_len);
     out->query = q ? xstrdup(q + 1) : NULL;
     out->cls = classify(out);
+    if (out->cls == ROUTE_OTHER && !is_api_path(out->path)) {
+        route_free(out);
+        memset(out, 0, sizeof(*out));
+        return ROUTE_NOT_API;
+    }
     return ROUTE_OK;
 }

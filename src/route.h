@@ -42,6 +42,7 @@ enum route_status {
     ROUTE_OK,           /* target accepted */
     ROUTE_BAD_TARGET,   /* not an origin-form path, or a path trick */
     ROUTE_FOREIGN_HOST, /* absolute-form target naming another host */
+    ROUTE_NOT_API,      /* a path under none of the API's resource roots */
 };
 
 #define ROUTE_ID_MAX 128

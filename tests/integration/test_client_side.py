@@ -390,3 +390,16 @@ def test_http10_and_expect_continue(mock, start_proxy):
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         s.sendall(body)
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_paths_outside_the_api_are_not_forwarded(mock, start_proxy):
+    """Only the API's resource roots go upstream: a path under none of them is answered 404
+    in the API's shape by the proxy itself."""
+    proxy = start_proxy(mock.origin)
+    for path in ("/", "/robots.txt", "/v1", "/v1/etc/passwd", "/admin/config", "/.env"):
+        resp = proxy.request("GET", path, token=TOKEN)
+        assert resp.status == 404, (path, resp.status)
+        assert resp.json()["error"]["code"] == "NotFoundError"
+    assert mock.counters()["total"] == 0, "none of them reached the upstream"
+    assert proxy.metric("stproxy_target_refused_total") == 6
+    assert proxy.request("GET", "/v1/locations", token=TOKEN).status == 200

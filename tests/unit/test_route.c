@@ -59,8 +59,8 @@ int main(void)
     expect_class("/capabilities/switch/1", ROUTE_CAPABILITIES, NULL);
     expect_class("/presentation?deviceId=abc", ROUTE_PRESENTATION, NULL);
     expect_class("/apps", ROUTE_OTHER, NULL);
-    expect_class("/v1", ROUTE_OTHER, NULL);
-    expect_class("/v1x/devices", ROUTE_OTHER, NULL);
+    expect_refused("/v1", ROUTE_NOT_API);
+    expect_refused("/v1x/devices", ROUTE_NOT_API);
 
     /* path and query are kept as received */
     tap_ok(route_parse("/v1/devices?max=2&page=1", NULL, &r) == ROUTE_OK, "parse with query");
@@ -80,6 +80,16 @@ int main(void)
     expect_refused("http://user@proxy:8080/devices", ROUTE_FOREIGN_HOST);
     expect_refused("http://proxy:8081/devices", ROUTE_FOREIGN_HOST);
     /* a client that sends Host: evil.example cannot make evil.example "us" */
+    /* only the API's own resource roots are forwarded */
+    tap_is_int(route_parse("/robots.txt", NULL, &r), ROUTE_NOT_API, "a path outside the API");
+    tap_is_int(route_parse("/", NULL, &r), ROUTE_NOT_API, "the bare root is not the API");
+    tap_is_int(route_parse("/v1", NULL, &r), ROUTE_NOT_API, "nor is /v1 alone");
+    tap_is_int(route_parse("/v1/etc/passwd", NULL, &r), ROUTE_NOT_API, "an unknown root under /v1");
+    tap_is_int(route_parse("/apps/x?y=1", NULL, &r), ROUTE_OK, "other API roots are forwarded");
+    route_free(&r);
+    tap_is_int(route_parse("/v1/installedapps/x/subscriptions", NULL, &r), ROUTE_OK,
+               "with /v1 too");
+    route_free(&r);
     tap_is_int(route_parse("http://evil.example/devices", "127.0.0.1:8080", &r), ROUTE_FOREIGN_HOST,
                "absolute-form judged against the listen address only");
     route_free(&r);
