@@ -276,6 +276,15 @@ static void mem_store(struct cache *c, const char *key, struct evbuffer *data, u
     mem_gauges(c);
 }
 
+static void store_free(void *arg)
+{
+    struct store *st = arg;
+
+    evbuffer_free(st->data);
+    free(st->key);
+    free(st);
+}
+
 static void store_reply(bool ok, const redisReply *reply, void *arg)
 {
     struct store *st = arg;
@@ -284,9 +293,7 @@ static void store_reply(bool ok, const redisReply *reply, void *arg)
     if (!ok)
         mem_store(st->c, st->key, st->data, st->expires_ms, st->cred,
                   st->has_device ? st->device : NULL, st->is_status);
-    evbuffer_free(st->data);
-    free(st->key);
-    free(st);
+    store_free(st);
 }
 
 void cache_store(struct cache *c, const char *key, const struct cache_entry *e,
@@ -340,7 +347,7 @@ void cache_store(struct cache *c, const char *key, const struct cache_entry *e,
         lens[argc++] = strlen(ttl);
         args[argc] = INDEX_TTL_MS;
         lens[argc++] = strlen(INDEX_TTL_MS);
-        cache_redis_command(c->redis, store_reply, st, argc, args, lens);
+        cache_redis_command_owned(c->redis, store_reply, store_free, st, argc, args, lens);
     }
 }
 

@@ -37,16 +37,20 @@
 /* Where one command is. */
 enum op_state {
     OP_PENDING,   /* sent; the caller waits */
-    OP_ABANDONED, /* the caller was told it failed; hiredis still owes a callback */
+    OP_ABANDONED, /* the caller was told it failed (or will be: never sent); hiredis may still
+                     owe a callback */
+    OP_DROPPED,   /* shutdown: the caller is not told; its drop function frees what it owns */
 };
 
 /* One command in flight. */
 struct redis_op {
-    TAILQ_ENTRY(redis_op) link; /* in r->ops while hiredis owes a callback */
+    TAILQ_ENTRY(redis_op) link; /* in r->ops until answered (or, unsent, failed) */
     struct cache_redis *r;
     enum op_state state;
     redis_reply_fn fn;
+    redis_drop_fn drop; /* NULL: arg owns nothing */
     void *arg;
+    bool sent; /* hiredis has it (and owes a callback) */
     struct event *deadline;
 };
 
@@ -54,7 +58,7 @@ TAILQ_HEAD(redis_op_list, redis_op);
 
 struct cache_redis {
     struct event_base *base;
-    struct redis_op_list ops; /* sent, not yet answered by hiredis */
+    struct redis_op_list ops; /* not yet answered by hiredis, or not sent and not yet failed */
     struct evdns_base *dns;
     struct redis_address addr; /* owned copy */
     char *channel;
@@ -137,7 +141,7 @@ static void op_free(struct redis_op *op)
     free(op);
 }
 
-/* hiredis has answered (or dropped) a sent op. */
+/* hiredis has answered (or dropped) a sent op, or a never-sent one is done. */
 static void op_unlink(struct redis_op *op)
 {
     TAILQ_REMOVE(&op->r->ops, op, link);
@@ -152,7 +156,9 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
     (void)ac;
 
     op_unlink(op);
-    if (op->state == OP_ABANDONED) {
+    if (op->state != OP_PENDING) {
+        if (op->state == OP_DROPPED && op->drop != NULL)
+            op->drop(op->arg);
         op_free(op);
         return;
     }
@@ -176,8 +182,9 @@ static void op_deadline_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
 
-    if (op->state == OP_ABANDONED) {
+    if (!op->sent) {
         /* Never sent (Redis was down): nobody else will free it. */
+        op_unlink(op);
         op->fn(false, NULL, op->arg);
         op_free(op);
         return;
@@ -189,16 +196,18 @@ static void op_deadline_cb(evutil_socket_t fd, short what, void *arg)
         drop_connections(r, "commands time out");
 }
 
-void cache_redis_command(struct cache_redis *r, redis_reply_fn fn, void *arg, int argc,
-                         const char **argv, const size_t *argvlen)
+void cache_redis_command_owned(struct cache_redis *r, redis_reply_fn fn, redis_drop_fn drop,
+                               void *arg, int argc, const char **argv, const size_t *argvlen)
 {
     struct redis_op *op = xcalloc(1, sizeof(*op));
     struct timeval tv = {0, 0};
 
     op->r = r;
     op->fn = fn;
+    op->drop = drop;
     op->arg = arg;
     op->deadline = evtimer_new(r->base, op_deadline_cb, op);
+    TAILQ_INSERT_TAIL(&r->ops, op, link);
     if (r->state != REDIS_UP || r->ac == NULL ||
         redisAsyncCommandArgv(r->ac, reply_cb, op, argc, argv, argvlen) != REDIS_OK) {
         /* Report the failure from the loop, never from inside this call. */
@@ -206,10 +215,16 @@ void cache_redis_command(struct cache_redis *r, redis_reply_fn fn, void *arg, in
         evtimer_add(op->deadline, &tv);
         return;
     }
-    TAILQ_INSERT_TAIL(&r->ops, op, link);
+    op->sent = true;
     tv.tv_sec = r->timeout_ms / 1000;
     tv.tv_usec = (r->timeout_ms % 1000) * 1000;
     evtimer_add(op->deadline, &tv);
+}
+
+void cache_redis_command(struct cache_redis *r, redis_reply_fn fn, void *arg, int argc,
+                         const char **argv, const size_t *argvlen)
+{
+    cache_redis_command_owned(r, fn, NULL, arg, argc, argv, argvlen);
 }
 
 void cache_redis_commandv(struct cache_redis *r, redis_reply_fn fn, void *arg, int argc,
@@ -365,6 +380,7 @@ static void connect_resolved(struct cache_redis *r)
         op->fn = ping_cb;
         op->arg = r;
         op->deadline = evtimer_new(r->base, op_deadline_cb, op);
+        op->sent = true;
         evtimer_add(op->deadline, &tv);
         TAILQ_INSERT_TAIL(&r->ops, op, link);
         redisAsyncCommandArgv(r->ac, reply_cb, op, 1, ping, NULL);
@@ -473,15 +489,25 @@ struct cache_redis *cache_redis_new(struct event_base *base, const struct redis_
 
 void cache_redis_shutdown(struct cache_redis *r)
 {
-    struct redis_op *op;
+    struct redis_op *op, *next;
 
     if (r == NULL)
         return;
-    /* Callers are going away: their pending commands end silently. */
-    TAILQ_FOREACH(op, &r->ops, link)
-    {
-        op->state = OP_ABANDONED;
+    /* Callers are going away: their pending commands end without a callback, and what their
+     * arguments own is freed by their drop functions (LeakSanitizer found a cache store in
+     * flight at SIGTERM leaking its entry). */
+    for (op = TAILQ_FIRST(&r->ops); op != NULL; op = next) {
+        next = TAILQ_NEXT(op, link);
         event_del(op->deadline);
+        if (op->sent) {
+            if (op->state == OP_PENDING)
+                op->state = OP_DROPPED; /* redisAsyncFree below answers it: reply_cb drops */
+            continue;
+        }
+        op_unlink(op);
+        if (op->drop != NULL)
+            op->drop(op->arg);
+        op_free(op);
     }
     r->logged_down = true; /* shutting down is not an outage */
     event_del(r->retry_timer);

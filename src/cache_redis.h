@@ -56,10 +56,17 @@ void cache_redis_set_message_arg(struct cache_redis *r, void *arg);
 enum redis_state cache_redis_state(const struct cache_redis *r);
 const char *cache_redis_state_name(enum redis_state state);
 
+/* Frees what a command's argument owns when the command ends without its callback. */
+typedef void (*redis_drop_fn)(void *arg);
+
 /*
  * Runs a command given as argv (binary-safe). fn is called exactly once,
  * never from inside this call. When Redis is not up, fn reports failure.
+ * At shutdown (cache_redis_shutdown) a command not yet answered ends
+ * without fn: with cache_redis_command_owned, drop(arg) runs instead.
  */
+void cache_redis_command_owned(struct cache_redis *r, redis_reply_fn fn, redis_drop_fn drop,
+                               void *arg, int argc, const char **argv, const size_t *argvlen);
 void cache_redis_command(struct cache_redis *r, redis_reply_fn fn, void *arg, int argc,
                          const char **argv, const size_t *argvlen);
 
