@@ -34,6 +34,16 @@ static const char renew_script[] = "if redis.call('GET', KEYS[1]) == ARGV[1] the
                                    "return 0\n";
 
 /* Releases a lock only if this process still holds it. */
+/* Takes the lock if it is free, or if it already holds this process's token: one process has
+ * one flight per key, so such a lock was taken by an attempt whose answer was lost (its SET
+ * missed its deadline and landed later). */
+static const char lock_script[] = "local v = redis.call('GET', KEYS[1])\n"
+                                  "if v == false or v == ARGV[1] then\n"
+                                  "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+                                  "  return redis.status_reply('OK')\n"
+                                  "end\n"
+                                  "return false\n";
+
 static const char release_script[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
@@ -493,6 +503,14 @@ static void lock_reply(bool ok, const redisReply *reply, void *arg)
     struct flight *f = arg;
 
     if (!ok) {
+        /* A SET that missed its deadline may still land (Redis paused, say): the lock would
+         * then be ours with nobody to release it, and the next miss on this key would wait it
+         * out (2 s, seen with DEBUG SLEEP). The release queues behind the SET on the same
+         * connection and frees it if it is ours. */
+        const char *rel[] = {"EVAL", release_script, "1", f->lock_key, f->fl->lock_token};
+
+        if (redis_usable(f->fl))
+            cache_redis_commandv(f->fl->redis, ignore_reply, NULL, 5, rel);
         flight_fetch(f); /* no Redis: fetch alone */
         return;
     }
@@ -515,7 +533,7 @@ static void flight_try_lock(struct flight *f)
 {
     struct flights *fl = f->fl;
     char ttl[24];
-    const char *argv[] = {"SET", f->lock_key, fl->lock_token, "NX", "PX", ttl};
+    const char *argv[] = {"EVAL", lock_script, "1", f->lock_key, fl->lock_token, ttl};
 
     if (!redis_usable(fl)) {
         flight_fetch(f);
