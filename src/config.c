@@ -60,13 +60,15 @@ static const struct option_def options[] = {
         "where durable state (the rotated OAuth2 refresh token) is kept"),
     OPT("log_level", OPT_LOG_LEVEL, log_level, "info", true, false, "error, warn, info or debug"),
     OPT("max_connections", OPT_COUNT, max_connections, "1024", false, false,
-        "client connections open at once; further ones are refused"),
+        "client connections open at once; at the limit a new one replaces the connection idle "
+        "longest, or waits to be accepted"),
     OPT("max_header_size", OPT_SIZE, max_header_size, "16k", false, false,
         "largest request line plus headers a client may send"),
     OPT("max_body_size", OPT_SIZE, max_body_size, "1m", false, false,
         "largest request body a client may send"),
     OPT("client_timeout", OPT_DURATION, client_timeout_ms, "60s", false, false,
-        "a client connection idle or stalled this long is closed"),
+        "a client connection idle or stalled this long, or whose request is not whole this long "
+        "after its first byte, is closed"),
     OPT("upstream_connections", OPT_COUNT, upstream_connections, "16", false, false,
         "keep-alive TLS connections to the upstream at most"),
     OPT("upstream_connect_timeout", OPT_DURATION, upstream_connect_timeout_ms, "5s", false, false,
