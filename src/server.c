@@ -357,20 +357,22 @@ static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd, struc
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
-/* "Date: ..." for this second, formatted once a second. */
-static const char *date_header(void)
+/* "Date: ...\r\n" for this second, formatted once a second; *len is its length. */
+static const char *date_header(size_t *len)
 {
     static time_t last;
     static char line[64];
+    static size_t line_len;
     time_t now = time(NULL);
 
     if (now != last) {
         struct tm tm;
 
         gmtime_r(&now, &tm);
-        strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        line_len = strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         last = now;
     }
+    *len = line_len;
     return line;
 }
 
@@ -417,7 +419,8 @@ static void send_reply(struct server_request *req, int status, const char *reaso
     bool no_body = status < 200 || status == 204 || status == 304;
     bool head = req->cmd == EVHTTP_REQ_HEAD;
     char buf[2048], num[64];
-    size_t n;
+    const char *date;
+    size_t n, date_len;
 
     if (c == NULL || c->state != CONN_HANDLING) { /* the client has gone */
         request_free(req);
@@ -449,7 +452,8 @@ static void send_reply(struct server_request *req, int status, const char *reaso
         head_add(out, buf, &used, sizeof(buf), h->value, strlen(h->value));
         head_add(out, buf, &used, sizeof(buf), "\r\n", 2);
     }
-    head_add(out, buf, &used, sizeof(buf), date_header(), strlen(date_header()));
+    date = date_header(&date_len);
+    head_add(out, buf, &used, sizeof(buf), date, date_len);
     if (!no_body) {
         head_add(out, buf, &used, sizeof(buf), "Content-Length: ", 16);
         if (head && length_header != NULL) {
