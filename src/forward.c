@@ -26,6 +26,7 @@
 #include "config.h"
 #include "credential.h"
 #include "flight.h"
+#include "janitor.h"
 #include "forward.h"
 #include "log.h"
 #include "mem.h"
@@ -151,13 +152,6 @@ static void copy_headers(const struct evkeyvalq *from, struct evkeyvalq *to,
     }
 }
 
-static double seconds_since(const struct timespec *t0)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
@@ -197,7 +191,7 @@ static bool host_is_safe(const char *host)
 /* Logs the access line, counts the answer and frees the request. */
 static void preq_finish(struct proxy_request *pr, int status)
 {
-    double total = seconds_since(&pr->started);
+    double total = janitor_seconds_since(&pr->started);
     char upstream_ms[32];
 
     if (pr->upstream_seconds >= 0)
@@ -334,7 +328,7 @@ static void upstream_done(enum upstream_result result, struct upstream_response 
 {
     struct proxy_request *pr = arg;
 
-    pr->upstream_seconds = seconds_since(&pr->started);
+    pr->upstream_seconds = janitor_seconds_since(&pr->started);
     if (result != UPSTREAM_OK) {
         answer_upstream_failure(pr, result, detail);
         return;
@@ -486,7 +480,7 @@ static void flight_done(const struct flight_answer *answer, void *arg)
 {
     struct proxy_request *pr = arg;
 
-    pr->upstream_seconds = seconds_since(&pr->started);
+    pr->upstream_seconds = janitor_seconds_since(&pr->started);
     if (answer->throttled) {
         answer_throttled(pr, answer->retry_after_ms);
         return;

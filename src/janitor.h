@@ -22,6 +22,10 @@ void janitor_free(struct janitor *jan);
 /* The monotonic clock the janitor passes to its tasks. */
 uint64_t janitor_now_ms(void);
 
+/* Seconds on the monotonic clock since t0 (taken with CLOCK_MONOTONIC): for durations. */
+struct timespec;
+double janitor_seconds_since(const struct timespec *t0);
+
 /* Wall-clock milliseconds: for deadlines other processes (sharing Redis) and
  * the upstream (token lifetimes, reset times) must agree on. */
 int64_t janitor_wall_ms(void);

@@ -32,6 +32,7 @@
 #include <openssl/err.h>
 
 #include "httpline.h"
+#include "janitor.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -152,12 +153,7 @@ static void exchange_free(struct uexchange *ex)
  * detached from any connection and from the waiting queue. */
 static void exchange_finish(struct uexchange *ex, enum upstream_result result, const char *detail)
 {
-    struct timespec now;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    metrics_observe(METRIC_UPSTREAM_DURATION,
-                    (double)(now.tv_sec - ex->started.tv_sec) +
-                        (double)(now.tv_nsec - ex->started.tv_nsec) / 1e9);
+    metrics_observe(METRIC_UPSTREAM_DURATION, janitor_seconds_since(&ex->started));
     if (result != UPSTREAM_OK)
         metrics_inc(METRIC_UPSTREAM_ERRORS);
     else
